@@ -232,6 +232,11 @@ def _parse(url: str) -> _ParsedURL:
     return _ParsedURL(scheme=scheme, host=host, port=parsed.port or DEFAULT_PORTS[scheme])
 
 
+def check_url_form(url: str) -> None:
+    """The checks that need no DNS: scheme, URL form, numeric shorthand hosts. Raises EgressBlocked."""
+    _parse(url)
+
+
 def resolve_host(host: str, port: int) -> list[IPAddress]:
     """All addresses `host` resolves to (IP literals resolve to themselves). Blocking."""
     try:
@@ -353,7 +358,7 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        _parse(str(request.url))
+        check_url_form(str(request.url))
         return await super().handle_async_request(request)
 
 
