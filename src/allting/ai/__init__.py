@@ -1,0 +1,1 @@
+"""AI models and providers: the gateway to LiteLLM and the local embedding model."""

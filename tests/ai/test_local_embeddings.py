@@ -1,0 +1,55 @@
+import math
+import threading
+
+from allting.ai import local_embeddings
+from allting.ai.gateway import ModelTarget, embed
+
+LOCAL = ModelTarget(litellm_model="all-MiniLM-L6-v2", provider_type="local")
+
+
+def _cosine(a, b):
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+async def test_vectors_are_384_dimensional_and_normalised():
+    vectors = await local_embeddings.embed_texts(["Bygglov för altan", "Parkeringstillstånd"])
+    assert [len(vector) for vector in vectors] == [384, 384]
+    for vector in vectors:
+        assert math.isclose(math.sqrt(sum(v * v for v in vector)), 1.0, abs_tol=1e-5)
+
+
+async def test_similar_sentences_score_higher_than_unrelated_ones():
+    cat, kitten, budget = await embed(
+        LOCAL,
+        [
+            "The cat sits on the mat.",
+            "A kitten is resting on a rug.",
+            "The municipal budget grew by four percent.",
+        ],
+        batch_size=2,
+    )
+    assert _cosine(cat, kitten) > 0.5
+    assert _cosine(cat, kitten) > _cosine(cat, budget) + 0.3
+
+
+async def test_batching_does_not_change_the_vectors():
+    texts = [f"Document number {n} about school meals" for n in range(7)]
+    one_batch = await embed(LOCAL, texts, batch_size=64)
+    small_batches = await embed(LOCAL, texts, batch_size=3)
+    for a, b in zip(one_batch, small_batches, strict=True):
+        assert _cosine(a, b) > 0.9999
+
+
+async def test_empty_input_gives_no_vectors():
+    assert await embed(LOCAL, [], batch_size=8) == []
+
+
+def test_model_is_loaded_once_even_under_concurrent_first_use():
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(local_embeddings.get_model())) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(model) for model in seen}) == 1
+    assert str(seen[0].device) == "cpu"
