@@ -1,0 +1,72 @@
+import pytest
+
+from allting.ai.errors import ProviderAuthError, ProviderUnavailable
+from allting.ai.gateway import ModelTarget, PriceOverride, Usage, embed, estimate_cost, transcribe
+from allting.testing.stub_llm import deterministic_embedding
+
+TEXTS = [f"Paragraph {n} of the municipal guideline." for n in range(5)]
+
+
+async def test_embeddings_are_batched_and_in_input_order(stub, config, make_target):
+    target = make_target(stub, model="stub-embed")
+    vectors = await embed(target, TEXTS, batch_size=2, config=config)
+    for vector, text in zip(vectors, TEXTS, strict=True):
+        assert vector == pytest.approx(deterministic_embedding(text, 384))
+    batches = [request.json["input"] for request in stub.requests]
+    assert batches == [TEXTS[0:2], TEXTS[2:4], TEXTS[4:5]]
+
+
+async def test_embedding_dimensions_follow_the_provider(stub, config, make_target):
+    stub.script(embedding_dimensions=1024)
+    vectors = await embed(make_target(stub, model="stub-embed"), ["one"], config=config)
+    assert len(vectors[0]) == 1024
+
+
+async def test_embedding_batch_is_retried_on_server_error(stub, config, make_target):
+    stub.script(error=500, error_times=1)
+    vectors = await embed(make_target(stub, model="stub-embed"), TEXTS[:3], batch_size=3, config=config)
+    assert len(vectors) == 3
+    assert len(stub.requests) == 2
+
+
+async def test_embedding_errors_are_typed_and_scrubbed(stub, config, make_target, planted_key):
+    stub.script(error=401, echo_key_in_error=True)
+    with pytest.raises(ProviderAuthError) as refused:
+        await embed(make_target(stub, model="stub-embed"), ["x"], config=config)
+    assert planted_key not in str(refused.value)
+
+
+async def test_transcription_returns_the_text_and_sends_the_file(stub, config, make_target, planted_key):
+    stub.script(transcript="Mötet öppnades klockan nio.")
+    target = make_target(stub, model="stub-whisper")
+    text = await transcribe(
+        target, b"RIFF\x00\x00\x00\x00WAVEfmt ", "meeting.wav", language="sv", config=config
+    )
+    assert text == "Mötet öppnades klockan nio."
+    (request,) = stub.requests
+    assert request.path == "/v1/audio/transcriptions"
+    assert request.form["file"] == {"filename": "meeting.wav", "size": 16}
+    assert request.form["language"] == "sv"
+    assert request.headers["authorization"] == f"Bearer {planted_key}"
+
+
+async def test_transcription_unavailable_after_retries(stub, config, make_target):
+    stub.script(error=502)
+    with pytest.raises(ProviderUnavailable):
+        await transcribe(make_target(stub, model="stub-whisper"), b"abc", "a.mp3", config=config)
+    assert len(stub.requests) == config.retry.max_attempts
+
+
+def test_cost_from_the_bundled_price_table():
+    cost = estimate_cost(ModelTarget(litellm_model="gpt-4o-mini"), Usage(1_000_000, 1_000_000))
+    # Bundled table prices gpt-4o-mini at 0.15 USD input and 0.60 USD output per million tokens.
+    assert cost == pytest.approx(0.75)
+
+
+def test_cost_override_wins_and_unknown_models_have_no_cost():
+    self_hosted = ModelTarget(
+        litellm_model="llama-3-70b", api_base="http://10.0.0.5/v1", provider_type="openai_compatible"
+    )
+    assert estimate_cost(self_hosted, Usage(100, 50)) is None
+    override = PriceOverride(input_cost_per_token=0.000001, output_cost_per_token=0.000002)
+    assert estimate_cost(self_hosted, Usage(100, 50), price_override=override) == pytest.approx(0.0002)
