@@ -1,0 +1,3 @@
+"""Allting: AI assistants for the public sector."""
+
+__version__ = "0.1.0"
