@@ -1,0 +1,21 @@
+"""Every ORM model, imported once so the metadata (Alembic, doctor, tests) sees all tables."""
+
+from allting.audit.models import AuditLog
+from allting.auth.models import AuthSession
+from allting.jobs.models import Job
+from allting.platform.db import Base
+from allting.tenants.models import Tenant
+from allting.users.models import ApiKey, Role, User, UserGroup, UserGroupMember
+
+__all__ = [
+    "ApiKey",
+    "AuditLog",
+    "AuthSession",
+    "Base",
+    "Job",
+    "Role",
+    "Tenant",
+    "User",
+    "UserGroup",
+    "UserGroupMember",
+]

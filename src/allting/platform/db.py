@@ -1,0 +1,136 @@
+"""Database engines, the declarative base and the per-request transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends
+from sqlalchemy import DateTime, MetaData, func
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+APP_ROLE = "allting_app"
+SYSTEM_ROLE = "allting_system"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Entity:
+    """Primary key and timestamps shared by every table."""
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now()
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow, server_default=func.now()
+    )
+
+
+@dataclass
+class DatabaseUrls:
+    owner: str
+    app: str
+    system: str
+
+
+class _Engines:
+    app: AsyncEngine | None = None
+    system: AsyncEngine | None = None
+    app_sessions: async_sessionmaker[AsyncSession] | None = None
+    system_sessions: async_sessionmaker[AsyncSession] | None = None
+
+
+_engines = _Engines()
+
+
+def init_engines(urls: DatabaseUrls, *, pool_size: int = 10, max_overflow: int = 10) -> None:
+    """Create the application and system engines; the owner URL is only used by migrations."""
+    _engines.app = create_async_engine(
+        urls.app, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
+    )
+    _engines.system = create_async_engine(urls.system, pool_size=2, max_overflow=4, pool_pre_ping=True)
+    _engines.app_sessions = async_sessionmaker(_engines.app, expire_on_commit=False)
+    _engines.system_sessions = async_sessionmaker(_engines.system, expire_on_commit=False)
+
+
+async def dispose_engines() -> None:
+    for engine in (_engines.app, _engines.system):
+        if engine is not None:
+            await engine.dispose()
+    _engines.app = _engines.system = None
+    _engines.app_sessions = _engines.system_sessions = None
+
+
+def app_engine() -> AsyncEngine:
+    assert _engines.app is not None, "database engines are not initialised"
+    return _engines.app
+
+
+def new_session() -> AsyncSession:
+    """A session as the application role: it sees only the tenant set on it."""
+    assert _engines.app_sessions is not None, "database engines are not initialised"
+    return _engines.app_sessions()
+
+
+@asynccontextmanager
+async def transaction() -> AsyncIterator[AsyncSession]:
+    """One unit of work as the application role: commit on success, roll back on error."""
+    from allting.platform import queue as jobs_queue
+
+    async with new_session() as db:
+        try:
+            yield db
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+    await jobs_queue.send_after_commit(db)
+
+
+@asynccontextmanager
+async def system_transaction() -> AsyncIterator[AsyncSession]:
+    """A unit of work across tenants, as the system role.
+
+    Only for what happens before a tenant is known (sign-in, API-key lookup), the sysadmin API
+    and scheduled maintenance. Every caller is listed by grepping for this name.
+    """
+    from allting.platform import queue as jobs_queue
+
+    assert _engines.system_sessions is not None, "database engines are not initialised"
+    async with _engines.system_sessions() as db:
+        db.info["system"] = True
+        try:
+            yield db
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+    await jobs_queue.send_after_commit(db)
+
+
+async def get_db() -> AsyncIterator[AsyncSession]:
+    async with transaction() as db:
+        yield db
+
+
+DbSession = Annotated[AsyncSession, Depends(get_db, scope="function")]
