@@ -61,6 +61,9 @@ litellm.failure_callback = []
 litellm.turn_off_message_logging = True
 litellm.redact_messages_in_exceptions = True
 litellm.drop_params = True
+# Usage and cost are recorded by Allting; LiteLLM's own per-chunk logging and end-of-stream cost
+# calculation only add latency (they run for every stream even with no callbacks registered).
+litellm.disable_streaming_logging = True
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,72 @@
+"""Who is calling: authentication at the edge, resolved once per request into a Ctx."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from allting.platform.db import DbSession
+from allting.platform.errors import Forbidden, Unauthorized
+
+WEB_SESSION_COOKIE = "allting_session"
+
+
+@dataclass
+class Ctx:
+    """The acting principal of one request or task."""
+
+    tenant_id: uuid.UUID
+    user_id: uuid.UUID | None
+    actor_type: str
+    email: str | None = None
+    role_key: str | None = None
+    permissions: frozenset[str] = field(default_factory=frozenset)
+    session_id: uuid.UUID | None = None
+    api_key_id: uuid.UUID | None = None
+    client_address: str | None = None
+    correlation_id: str | None = None
+
+    def has(self, permission: str) -> bool:
+        return permission in self.permissions
+
+    def require(self, permission: str) -> None:
+        if permission not in self.permissions:
+            raise Forbidden(
+                f"This needs the '{permission}' permission",
+                code="permission_denied",
+                details={"permission": permission},
+            )
+
+
+def client_address(request: Request) -> str | None:
+    return getattr(request.state, "client_address", None)
+
+
+def correlation_id(request: Request) -> str | None:
+    return getattr(request.state, "correlation_id", None)
+
+
+async def get_ctx(request: Request, db: DbSession) -> Ctx:
+    from allting.auth import service as auth_service
+
+    authorization = request.headers.get("authorization", "")
+    api_key = request.headers.get("x-api-key")
+    cookie = request.cookies.get(WEB_SESSION_COOKIE)
+    if authorization.lower().startswith("bearer "):
+        ctx = await auth_service.authenticate_token(db, authorization[7:].strip(), purpose="access")
+    elif api_key:
+        ctx = await auth_service.authenticate_api_key(db, api_key)
+    elif cookie:
+        ctx = await auth_service.authenticate_token(db, cookie, purpose="web")
+    else:
+        raise Unauthorized()
+    ctx.client_address = client_address(request)
+    ctx.correlation_id = correlation_id(request)
+    request.state.ctx = ctx
+    return ctx
+
+
+CurrentCtx = Annotated[Ctx, Depends(get_ctx)]

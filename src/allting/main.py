@@ -1,0 +1,101 @@
+"""The ASGI application: middleware, error handlers, routers and the process lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from allting import __version__
+from allting.platform import runtime as runtime_module
+from allting.platform.db import system_transaction
+from allting.platform.http import RequestContextMiddleware, install_error_handlers
+from allting.platform.logging import get_logger
+from allting.platform.runtime import Runtime
+from allting.platform.settings import Settings, get_settings
+from allting.routes import api_router, health_router
+
+log = get_logger(__name__)
+
+
+async def first_run(settings: Settings) -> None:
+    """Create the default tenant and its owner on an empty installation; print a generated password once."""
+    from allting.tenants import service as tenants_service
+
+    async with system_transaction() as db:
+        created = await tenants_service.ensure_first_tenant(
+            db,
+            name=settings.default_tenant_name,
+            owner_email=settings.admin_email,
+            owner_password=settings.admin_password,
+        )
+    if created is None:
+        return
+    tenant, owner, password = created
+    log.info("first_run.tenant_created", tenant=tenant.slug, owner=owner.email)
+    if password:
+        # Printed, never logged: it is shown once and logs are kept.
+        print(
+            f"\n  Allting is ready. Sign in as {owner.email} with the password: {password}\n"
+            f"  (shown only now; change it after signing in)\n",
+            flush=True,
+        )
+
+
+def create_app(*, runtime: Runtime | None = None, in_process_worker: bool = True) -> FastAPI:
+    """The application. With `runtime` given (tests) the caller owns servers and connections."""
+    settings = runtime.settings if runtime is not None else get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_runtime = runtime is None
+        active = runtime or await runtime_module.start(settings)
+        app.state.runtime = active
+        worker_task = None
+        try:
+            if own_runtime:
+                await first_run(settings)
+            if in_process_worker:
+                from allting.worker import build_worker
+
+                worker = build_worker(in_process=True)
+                worker_task = asyncio.create_task(worker.start())
+            yield
+        finally:
+            if worker_task is not None:
+                worker.event.set()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker_task
+            if own_runtime:
+                await runtime_module.stop(active)
+
+    app = FastAPI(
+        title="Allting",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_credentials=True,
+            allow_methods=["*"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Correlation-ID"],
+        )
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_request_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        trusted_proxies=settings.trusted_proxy_list,
+    )
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(api_router)
+    return app
