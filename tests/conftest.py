@@ -1,0 +1,140 @@
+"""Test fixtures: one embedded PostgreSQL and Redis per run, started by the real launcher.
+
+Set ALLTING_TEST_DATABASE_URL / ALLTING_TEST_REDIS_URL to run against external servers instead.
+Tests are isolated by fresh tenants: every `tenant` fixture creates a new organisation.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+_DATA_DIR = Path(os.environ.get("ALLTING_TEST_DATA_DIR") or tempfile.mkdtemp(prefix="allting-test-"))
+os.environ["ALLTING_DATA_DIR"] = str(_DATA_DIR)
+os.environ.setdefault("LOG_FORMAT", "console")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+for name in ("DATABASE_URL", "REDIS_URL"):
+    if test_url := os.environ.get(f"ALLTING_TEST_{name}"):
+        os.environ[name] = test_url
+    else:
+        os.environ.pop(name, None)
+
+from allting.platform.settings import get_settings  # noqa: E402
+
+get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def settings():
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+async def runtime(settings):
+    from allting.platform import runtime as runtime_module
+
+    active = await runtime_module.start(settings)
+    yield active
+    await runtime_module.stop(active)
+
+
+@pytest.fixture(scope="session")
+def app(runtime):
+    from allting.main import create_app
+
+    return create_app(runtime=runtime, in_process_worker=False)
+
+
+def make_client(app, **headers) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("203.0.113.7", 40000)),
+                             base_url="http://testserver", headers=headers)
+
+
+@pytest.fixture
+async def anon(app) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client(app) as client:
+        yield client
+
+
+@pytest.fixture
+async def sysadmin(app, settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client(app, **{"X-API-Key": settings.sysadmin_api_key}) as client:
+        yield client
+
+
+@dataclass
+class Person:
+    id: uuid.UUID
+    email: str
+    password: str
+    client: httpx.AsyncClient
+
+
+@dataclass
+class Org:
+    """A fresh tenant with an owner; `add_user` creates more people with their own signed-in clients."""
+
+    id: uuid.UUID
+    slug: str
+    owner: Person
+    app: object
+    sysadmin: httpx.AsyncClient
+    clients: list
+
+    async def add_user(self, role: str = "member", email: str | None = None,
+                       password: str = "a-long-enough-password") -> Person:
+        email = email or f"{role}-{uuid.uuid4().hex[:8]}@{self.slug}.example"
+        response = await self.sysadmin.post("/api/v1/sysadmin/users/", json={
+            "email": email, "password": password, "tenant_id": str(self.id), "role": role})
+        assert response.status_code == 201, response.text
+        client = await login_client(self.app, email, password, self.clients)
+        return Person(id=uuid.UUID(response.json()["id"]), email=email, password=password, client=client)
+
+
+async def login_client(app, email: str, password: str, registry: list) -> httpx.AsyncClient:
+    client = make_client(app)
+    registry.append(client)
+    response = await client.post("/api/v1/users/login/token/", data={"username": email, "password": password})
+    assert response.status_code == 200, response.text
+    client.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+    return client
+
+
+async def create_org(app, sysadmin: httpx.AsyncClient, clients: list, name: str | None = None) -> Org:
+    name = name or f"Org {uuid.uuid4().hex[:10]}"
+    response = await sysadmin.post("/api/v1/sysadmin/tenants/", json={"name": name})
+    assert response.status_code == 201, response.text
+    tenant = response.json()
+    org = Org(id=uuid.UUID(tenant["id"]), slug=tenant["slug"], owner=None, app=app, sysadmin=sysadmin,
+              clients=clients)
+    org.owner = await org.add_user("owner")
+    return org
+
+
+@pytest.fixture
+async def org_factory(app, sysadmin):
+    clients: list[httpx.AsyncClient] = []
+
+    async def factory(name: str | None = None) -> Org:
+        return await create_org(app, sysadmin, clients, name)
+
+    yield factory
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+async def org(org_factory) -> Org:
+    return await org_factory()
+
+
+@pytest.fixture
+async def other_org(org_factory) -> Org:
+    return await org_factory()
