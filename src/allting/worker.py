@@ -137,7 +137,9 @@ async def execute_job(job_id: uuid.UUID) -> None:
         log.info("job.succeeded", job_id=str(job.id), task=job.task, attempt=job.attempts)
     except asyncio.CancelledError:
         # The worker is shutting down: hand the job back now instead of waiting for the lease to expire.
-        await asyncio.shield(_finish(job, status="queued", error="Interrupted by a worker shutdown", retry_in=0))
+        await asyncio.shield(
+            _finish(job, status="queued", error="Interrupted by a worker shutdown", retry_in=0)
+        )
         raise
     except (JobCancelled, LeaseLost):
         log.info("job.abandoned", job_id=str(job.id), task=job.task)
@@ -175,14 +177,29 @@ async def reconcile(_ctx: dict | None = None) -> int:
     return handed_over
 
 
-class InProcessWorker(Worker):
+class AlltingWorker(Worker):
+    """SAQ's worker, stopping its housekeeping loops at once so shutdown waits only for jobs."""
+
+    _upkeep_tasks: list[asyncio.Task] = []
+
+    async def upkeep(self) -> list[asyncio.Task]:
+        self._upkeep_tasks = await super().upkeep()
+        return self._upkeep_tasks
+
+    async def stop(self) -> None:
+        for upkeep_task in self._upkeep_tasks:
+            upkeep_task.cancel()
+        await super().stop()
+
+
+class InProcessWorker(AlltingWorker):
     """A worker sharing the API's event loop; the server owns the signal handlers."""
 
     SIGNALS = []
 
 
 def build_worker(*, in_process: bool) -> Worker:
-    worker_class = InProcessWorker if in_process else Worker
+    worker_class = InProcessWorker if in_process else AlltingWorker
     return worker_class(
         get_queue(),
         functions=[(RUN_JOB, run_job)],
