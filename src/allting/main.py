@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from allting import __version__
 from allting.platform import runtime as runtime_module
@@ -20,6 +23,8 @@ from allting.platform.settings import Settings, get_settings
 from allting.routes import api_router, health_router
 
 log = get_logger(__name__)
+PACKAGE_DIR = Path(__file__).resolve().parent
+STATIC_DIR = PACKAGE_DIR / "static"
 
 
 async def first_run(settings: Settings) -> None:
@@ -96,6 +101,13 @@ def create_app(*, runtime: Runtime | None = None, in_process_worker: bool = True
         trusted_proxies=settings.trusted_proxy_list,
     )
     install_error_handlers(app)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs() -> FileResponse:
+        """Swagger UI served from this server (front-end packages from npm), so the CSP stays strict."""
+        return FileResponse(PACKAGE_DIR / "templates" / "api_docs.html")
+
     app.include_router(health_router)
     app.include_router(api_router)
     return app

@@ -1,0 +1,3 @@
+window.addEventListener("DOMContentLoaded", function () {
+  window.SwaggerUIBundle({ url: "/api/openapi.json", dom_id: "#swagger-ui", deepLinking: true });
+});
