@@ -1,0 +1,3 @@
+from allting.cli import app
+
+app()
