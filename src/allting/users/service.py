@@ -231,8 +231,9 @@ async def update_user(db: AsyncSession, ctx: Ctx, user_id: uuid.UUID, data: User
     await db.flush()
     if changes:
         await audit.record(db, ctx, "user.updated", target_type="user", target_id=user.id, changes=changes)
+    # Reload with the new role; the id is taken before expiring (reading it after would lazy-load).
     db.expire(user)
-    return await get_user(db, ctx, user.id)
+    return await get_user(db, ctx, user_id)
 
 
 async def delete_user(db: AsyncSession, ctx: Ctx, user_id: uuid.UUID) -> None:
