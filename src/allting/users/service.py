@@ -220,6 +220,9 @@ async def update_user(db: AsyncSession, ctx: Ctx, user_id: uuid.UUID, data: User
     if data.state is not None and data.state != user.state:
         if user.id == ctx.user_id and data.state == "disabled":
             raise Invalid("You cannot disable your own account", field="state")
+        if user.role.key == OWNER_ROLE_KEY:
+            # Only an owner disables or enables an owner, as only an owner deletes one.
+            _check_can_grant(ctx, user.role)
         if data.state == "disabled":
             await _guard_last_owner(db, user)
             await revoke_sessions(db, user.id)
