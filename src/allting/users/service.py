@@ -169,8 +169,12 @@ async def list_users(
     ctx.require("admin")
     query = _users()
     if search:
-        pattern = f"%{search.lower()}%"
-        query = query.where(func.lower(User.email).like(pattern) | func.lower(User.name).like(pattern))
+        # `%` and `_` are searched for as text, not as LIKE wildcards.
+        needle = search.lower()
+        query = query.where(
+            func.lower(User.email).contains(needle, autoescape=True)
+            | func.lower(User.name).contains(needle, autoescape=True)
+        )
     if state:
         query = query.where(User.state == state)
     total = await db.scalar(select(func.count()).select_from(query.subquery()))
