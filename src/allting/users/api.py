@@ -74,7 +74,7 @@ async def list_api_keys(db: DbSession, ctx: CurrentCtx):
 @router.post("/users/me/api-keys/", response_model=ApiKeyCreated, status_code=201)
 async def create_api_key(data: ApiKeyCreate, db: DbSession, ctx: CurrentCtx) -> ApiKeyCreated:
     key, secret = await service.create_api_key(db, ctx, data)
-    return ApiKeyCreated.model_validate(key, from_attributes=True).model_copy(update={"key": secret})
+    return ApiKeyCreated(**ApiKeyRead.model_validate(key).model_dump(), key=secret)
 
 
 @router.delete("/users/me/api-keys/{key_id}", response_model=ApiKeyRead)
