@@ -255,6 +255,7 @@ async def delete_user(db: AsyncSession, ctx: Ctx, user_id: uuid.UUID) -> None:
     user.deleted_at = utcnow()
     user.state = "disabled"
     await revoke_sessions(db, user.id)
+    await db.execute(delete(UserGroupMember).where(UserGroupMember.user_id == user.id))
     await db.execute(
         update(ApiKey)
         .where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
