@@ -145,6 +145,8 @@ def issuer_from_discovery_url(discovery_endpoint: str) -> str:
     parts = urlsplit(discovery_endpoint)
     if parts.query or parts.fragment:
         raise OidcError("config_invalid", "the discovery endpoint must not carry a query or fragment")
+    if parts.scheme.lower() not in ("http", "https"):
+        raise OidcError("config_invalid", "the discovery endpoint must be an https URL")
     issuer = discovery_endpoint[: -len(DISCOVERY_SUFFIX)]
     if not urlsplit(issuer).netloc:
         raise OidcError("config_invalid", "the discovery endpoint has no host")
@@ -298,12 +300,27 @@ class OidcHttp:
     """Outbound calls for discovery, JWKS, token and userinfo, all through the egress guard.
 
     `allowed_networks` None uses the operator's OUTBOUND_ALLOWED_NETWORKS; tests pass "127.0.0.1".
-    `client` may be a `egress.guarded_client(...)` to reuse connections.
+    Use it as `async with OidcHttp(...) as http:` to share one guarded client (building one costs
+    ~0.1 s of TLS setup), or pass `client` from `egress.guarded_client(...)` yourself. Without
+    either, `complete_sign_in` opens one client per call.
     """
 
     allowed_networks: str | Iterable[str] | None = None
     timeout: float = HTTP_TIMEOUT_SECONDS
     client: httpx.AsyncClient | None = None
+    _owned: bool = field(default=False, init=False, repr=False)
+
+    async def __aenter__(self) -> OidcHttp:
+        if self.client is None:
+            self.client = egress.guarded_client(allowed_networks=self.allowed_networks, timeout=self.timeout)
+            self._owned = True
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._owned and self.client is not None:
+            await self.client.aclose()
+            self.client = None
+            self._owned = False
 
     async def get(
         self, url: str, *, headers: Mapping[str, str] | None = None, max_bytes: int = MAX_METADATA_BYTES
@@ -442,10 +459,14 @@ class JwksCache:
     """
 
     def __init__(
-        self, ttl_seconds: float = JWKS_TTL_SECONDS, min_refresh_seconds: float = JWKS_MIN_REFRESH_SECONDS
+        self,
+        ttl_seconds: float = JWKS_TTL_SECONDS,
+        min_refresh_seconds: float = JWKS_MIN_REFRESH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl_seconds = ttl_seconds
         self.min_refresh_seconds = min_refresh_seconds
+        self._clock = clock
         self._entries: dict[tuple[str, str], _JwksEntry] = {}
         self._locks: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[tuple[str, str], asyncio.Lock]
@@ -467,7 +488,7 @@ class JwksCache:
             raise OidcError("jwks_fetch_failed", "the JWKS has no keys list")
         self.fetches += 1
         return _JwksEntry(
-            keys=[k for k in keys[:MAX_JWKS_KEYS] if isinstance(k, dict)], fetched_at=time.monotonic()
+            keys=[k for k in keys[:MAX_JWKS_KEYS] if isinstance(k, dict)], fetched_at=self._clock()
         )
 
     async def signing_key(
@@ -483,7 +504,7 @@ class JwksCache:
         async with self._lock(key):
             entry = self._entries.get(key)
             fresh = False
-            if entry is None or time.monotonic() - entry.fetched_at >= self.ttl_seconds:
+            if entry is None or self._clock() - entry.fetched_at >= self.ttl_seconds:
                 previous = entry
                 entry = await self._load(metadata, http)
                 if previous is not None:
@@ -495,7 +516,7 @@ class JwksCache:
             found = _select_key(entry.keys, kid, alg)
             if found is not None:
                 return found
-            now = time.monotonic()
+            now = self._clock()
             throttled = (
                 entry.last_forced_at is not None and now - entry.last_forced_at < self.min_refresh_seconds
             )
@@ -573,9 +594,11 @@ class StateRecord:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> StateRecord:
-        data = json.loads(raw)
-        data.pop("v", None)
-        return cls(**data)
+        try:
+            data = json.loads(raw)
+            return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+        except (ValueError, TypeError, KeyError):
+            raise OidcError("state_missing", "the stored sign-in state is unreadable") from None
 
 
 @dataclass(frozen=True)
@@ -656,7 +679,7 @@ def _normalise_tenant(tenant_id: uuid.UUID | str) -> str:
 async def take_state(store: StateStore, state: str, *, correlation_id: str | None = None) -> StateRecord:
     """Consume a callback's state once. For a callback shared by all tenants: take the state, load
     the tenant's provider from `record.tenant_id`, then pass the record to `complete_sign_in`."""
-    cid = correlation_id or correlation_id_var.get()
+    cid = correlation_id or correlation_id_var.get() or uuid.uuid4().hex
     if not isinstance(state, str) or not state or len(state) > 512:
         raise OidcError("state_missing", "the callback carries no usable state", correlation_id=cid)
     taken = await store.take(state_key(state))
@@ -1113,8 +1136,44 @@ async def complete_sign_in(
     state must have been issued for it. `state` may be the raw value (consumed here from `store`)
     or a record already taken with `take_state`. `error` is the callback's `error` parameter.
     """
-    cid = correlation_id or correlation_id_var.get()
+    # Every refusal carries a correlation id; before the state is read, it is this request's.
+    cid = correlation_id or correlation_id_var.get() or uuid.uuid4().hex
     enabled = await _resolve_switch(debug)
+    if http.client is None:
+        async with OidcHttp(allowed_networks=http.allowed_networks, timeout=http.timeout) as scoped:
+            return await _complete(
+                config,
+                metadata,
+                state,
+                code,
+                iss_param,
+                store,
+                scoped,
+                tenant_id,
+                error,
+                jwks_cache,
+                cid,
+                enabled,
+            )
+    return await _complete(
+        config, metadata, state, code, iss_param, store, http, tenant_id, error, jwks_cache, cid, enabled
+    )
+
+
+async def _complete(
+    config: ProviderConfig,
+    metadata: ProviderMetadata,
+    state: str | StateRecord,
+    code: str | None,
+    iss_param: str | None,
+    store: StateStore | None,
+    http: OidcHttp,
+    tenant_id: uuid.UUID | str,
+    error: str | None,
+    jwks_cache: JwksCache | None,
+    cid: str,
+    enabled: bool,
+) -> VerifiedIdentity:
     expected_tenant: str | None = None
     try:
         expected_tenant = _normalise_tenant(tenant_id)
