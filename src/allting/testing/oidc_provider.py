@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import functools
 import hashlib
 import hmac
 import json
 import secrets
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -556,9 +558,17 @@ class OidcProvider:
         self.stop()
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    # Loading the CA bundle costs ~0.1 s; a test suite follows many authorizations.
+    return ssl.create_default_context()
+
+
 async def follow_authorization(authorization_url: str) -> dict[str, str]:
     """Play the browser: open the authorization URL and return the callback's query parameters."""
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=10) as client:
+    async with httpx.AsyncClient(
+        follow_redirects=False, trust_env=False, timeout=10, verify=_tls_context()
+    ) as client:
         response = await client.get(authorization_url)
     location = response.headers.get("location")
     if response.status_code not in (302, 303) or not location:
