@@ -1,0 +1,1 @@
+"""Knowledge: reading uploaded documents safely and splitting them into token-aware passages."""
