@@ -208,3 +208,18 @@ def test_fast_enough_for_a_large_document():
     elapsed = time.perf_counter() - started
     assert len(chunks) > 500
     assert elapsed < 5, f"{len(text) / elapsed / 1e6:.2f} MB/s"
+
+
+def test_token_counts_are_exact_for_mixed_text():
+    rng = random.Random(11)
+    pieces = [
+        "Ärende #4711: överklagande enligt 10 kap. 2 § PBL.",
+        "The U.S.-based vendor's API costs $1,200/month; e-mail info@example.org!",
+        "中文文本没有空格",
+        "emoji 🎉🎉",
+        "https://example.org/a/very/long/path?with=query&and=more#fragment",
+        "a_very_long_identifier_with_underscores_" + "x" * 120,
+    ]
+    text = "\n\n".join(" ".join(rng.choice(pieces) for _ in range(rng.randint(1, 8))) for _ in range(80))
+    for chunk in split_sections([Section(text)], chunk_tokens=90, overlap_tokens=15):
+        assert chunk.token_count == real_count(chunk.text)

@@ -105,42 +105,47 @@ def _get_tokenizer():
     return _tokenizer
 
 
-def _count_words(words: Iterable[str]) -> int:
-    words = list(words)
+def _learn(words: Iterable[str]) -> dict[str, int]:
+    """Tokenize, in one batch, every word not yet in the cache; the long ones are returned, not cached."""
     cache = _word_tokens
-    missing = list({word for word in words if word not in cache})
+    missing = [word for word in set(words) if word not in cache]
+    long_words: dict[str, int] = {}
     if missing:
         encodings = _get_tokenizer().encode_batch_fast(missing, add_special_tokens=False)
         if len(cache) + len(missing) > _MAX_CACHE_ENTRIES:
             cache.clear()
-        fresh = {}
         for word, encoding in zip(missing, encodings, strict=True):
-            fresh[word] = len(encoding.ids)
-        for word, count in fresh.items():
             if len(word) <= _MAX_CACHED_WORD:
-                cache[word] = count
-        # Long words are left out of the cache, so count them from `fresh` for this call.
-        return sum(cache[word] if word in cache else fresh[word] for word in words)
-    return sum(cache[word] for word in words)
+                cache[word] = len(encoding.ids)
+            else:
+                long_words[word] = len(encoding.ids)
+    return long_words
+
+
+def _sum(words: list[str], long_words: dict[str, int]) -> int:
+    try:
+        return sum(map(_word_tokens.__getitem__, words))
+    except KeyError:  # a long word, or a word learned before the cache was last cleared
+        pass
+    known = {**_word_tokens, **long_words}
+    missing = [word for word in set(words) if word not in known]
+    if missing:
+        encodings = _get_tokenizer().encode_batch_fast(missing, add_special_tokens=False)
+        known.update((word, len(encoding.ids)) for word, encoding in zip(missing, encodings, strict=True))
+    return sum(map(known.__getitem__, words))
 
 
 def count_tokens(text: str) -> int:
     """The number of tokens the local embedding model's tokenizer makes of `text` (no special tokens)."""
-    return _count_words(text.split())
+    words = text.split()
+    return _sum(words, _learn(words))
 
 
 def _tokens_of_many(texts: Sequence[str]) -> list[int]:
     """Counts for many texts with one tokenizer call for all their new words."""
     split = [text.split() for text in texts]
-    _count_words(word for words in split for word in words)
-    cache = _word_tokens
-    counts = []
-    for words in split:
-        if all(word in cache for word in words):
-            counts.append(sum(cache[word] for word in words))
-        else:  # a long word, or the cache was cleared in between
-            counts.append(_count_words(words))
-    return counts
+    long_words = _learn(word for words in split for word in words)
+    return [_sum(words, long_words) for words in split]
 
 
 def _sentences(line: str) -> list[str]:
@@ -376,7 +381,14 @@ def split_sections(
     for run in _runs(sections, chunk_tokens, unit_limit):
         packed.extend(_pack(run, chunk_tokens, overlap_tokens))
     texts = [_join(units) for units in packed]
-    counts = _tokens_of_many(texts)
+    # Counts add up over whitespace-separated words, and units are joined with whitespace, so a
+    # chunk's count is the sum of its units' counts; only pieces of one cut word are re-counted.
+    counts = [
+        count_tokens(text)
+        if any(unit.strength == _MID_WORD for unit in units)
+        else sum(u.tokens for u in units)
+        for units, text in zip(packed, texts, strict=True)
+    ]
     for index, (units, text, tokens) in enumerate(zip(packed, texts, counts, strict=True)):
         chunks.append(
             Chunk(text=text, index=index, heading=units[0].heading, page=units[0].page, token_count=tokens)
