@@ -131,6 +131,13 @@ def test_other_zips_and_legacy_office_files_are_refused_with_advice(files):
         archive.writestr("notes.txt", "hello")
     assert detect_type(plain_zip.getvalue(), "notes.docx") == "application/zip"
 
+    odt = io.BytesIO()
+    with zipfile.ZipFile(odt, "w") as archive:
+        archive.writestr("mimetype", "application/vnd.oasis.opendocument.text")
+        archive.writestr("content.xml", "<office:document-content/>")
+    with pytest.raises(UnsupportedType, match=r"OpenDocument text .*Save it as \.docx or PDF"):
+        read(odt.getvalue(), "protokoll.odt")
+
     legacy = files.cfb("Root Entry", "WordDocument", "1Table")
     assert detect_type(legacy, "old.doc") == "application/msword"
     with pytest.raises(UnsupportedType, match=r"save it as \.docx"):

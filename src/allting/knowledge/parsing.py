@@ -249,7 +249,8 @@ class ParseLimits:
     max_rows: int = 100_000
     max_seconds: float = 120.0
     # Entries smaller than this are not held to the ratio: a few kB of repeated markup can
-    # compress 300:1 without being a threat; the total cap still counts them.
+    # compress 300:1 without being a threat; the total cap still counts them. (Apache POI's
+    # ZipSecureFile uses the same 1:100 ratio, with a 100 kB grace size.)
     ratio_floor_bytes: int = 1 * _MB
 
 
@@ -450,8 +451,8 @@ def _zip_type(data: bytes, extension: str) -> str:
         return _guess_office_type(data[: 4 * _MB], extension)
     if "[Content_Types].xml" in names:
         info = names["[Content_Types].xml"]
-        if info.file_size > _CONTENT_TYPES_MAX:
-            return ZIP
+        if info.file_size > _CONTENT_TYPES_MAX:  # not read here; parse() will say what is wrong
+            return _guess_office_type("\n".join(names).encode("utf-8", "replace"), extension)
         try:
             root = _defused_fromstring(archive.read(info))
         except Exception:
