@@ -64,7 +64,7 @@ from urllib.robotparser import RobotFileParser
 from xml.etree.ElementTree import ParseError
 
 import httpx
-from bs4 import BeautifulSoup, Comment, XMLParsedAsHTMLWarning
+from bs4 import BeautifulSoup, Comment, Tag, XMLParsedAsHTMLWarning
 from defusedxml import ElementTree as SafeElementTree
 from defusedxml.common import DefusedXmlException
 
@@ -392,7 +392,8 @@ _PARAGRAPH_TAGS = (
 )  # fmt: skip
 _LINE_TAGS = ("li", "tr", "dt", "dd", "caption")
 _CELL_TAGS = ("td", "th")
-_HEADING = re.compile(r"^h([1-6])$")
+_DROP_TAG_SET = frozenset(_DROP_TAGS)
+_HEADING_TAGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
 _HEADING_MARK = "\x02"
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _INLINE_SPACE = re.compile(r"[ \t\r\f\v\u00a0\u200b]+")
@@ -435,62 +436,88 @@ def extract_html(data: bytes, url: str, *, charset: str | None = None) -> HtmlDo
     """
     soup = BeautifulSoup(data, "lxml", from_encoding=charset)
 
+    # One walk over the whole tree (each find_all would be another): robots directives, base,
+    # links, title, what to drop and the candidates for the main content.
     noindex = nofollow = False
-    for meta in soup.find_all("meta", attrs={"name": True, "content": True}):
-        if str(meta["name"]).strip().lower() in ("robots", "alltingbot"):
-            directives = {d.strip() for d in str(meta["content"]).lower().split(",")}
-            noindex |= bool(directives & {"noindex", "none"})
-            nofollow |= bool(directives & {"nofollow", "none"})
+    base: str | None = None
+    title = ""
+    hrefs: list[str] = []
+    drop: list[Tag | Comment] = []
+    mains: list[Tag] = []
+    articles: list[Tag] = []
+    for node in list(soup.descendants):
+        if not isinstance(node, Tag):
+            if isinstance(node, Comment):
+                drop.append(node)
+            continue
+        name = node.name
+        attrs = node.attrs
+        if name in ("a", "area"):
+            href = attrs.get("href")
+            if isinstance(href, str):
+                hrefs.append(href)
+        elif name == "meta":
+            meta_name = str(attrs.get("name", "")).strip().lower()
+            if meta_name in ("robots", "alltingbot"):
+                directives = {d.strip() for d in str(attrs.get("content", "")).lower().split(",")}
+                noindex |= bool(directives & {"noindex", "none"})
+                nofollow |= bool(directives & {"nofollow", "none"})
+        elif name == "base" and base is None and isinstance(attrs.get("href"), str):
+            base = normalize_url(attrs["href"], url)
+        elif name == "title" and not title:
+            title = _collapse(node.get_text(" "))
+        if name in _DROP_TAG_SET or _hidden(node):
+            drop.append(node)
+        elif name in ("header", "footer"):
+            if node.find_parent(("main", "article")) is None:
+                drop.append(node)
+        elif name == "main" or str(attrs.get("role", "")).lower() == "main":
+            mains.append(node)
+        elif name == "article":
+            articles.append(node)
 
-    base = url
-    base_tag = soup.find("base", href=True)
-    if base_tag is not None:
-        base = normalize_url(str(base_tag["href"]), url) or url
     links: dict[str, None] = {}
-    for anchor in soup.find_all(["a", "area"], href=True):
-        link = normalize_url(str(anchor["href"]), base)
+    for href in hrefs:
+        link = normalize_url(href, base or url)
         if link is not None:
             links.setdefault(link, None)
 
-    title = _collapse(soup.title.get_text(" ")) if soup.title is not None else ""
+    for node in drop:
+        if isinstance(node, Comment):
+            node.extract()
+        elif not node.decomposed:
+            node.decompose()
 
-    for comment in soup.find_all(string=lambda s: isinstance(s, Comment)):
-        comment.extract()
-    for tag in soup.find_all(_DROP_TAGS):
-        tag.decompose()
-    for tag in soup.find_all(["header", "footer"]):
-        if tag.find_parent(["main", "article"]) is None:
-            tag.decompose()
-    for tag in soup.find_all(_hidden):
-        if not tag.decomposed:
-            tag.decompose()
+    mains = [tag for tag in mains if not tag.decomposed]
+    articles = [tag for tag in articles if not tag.decomposed]
+    if mains:
+        root = mains[0]
+    elif len(articles) == 1:
+        root = articles[0]
+    else:
+        root = soup.body or soup
 
-    root = soup.find("main") or soup.find(attrs={"role": "main"})
-    if root is None:
-        articles = soup.find_all("article")
-        root = articles[0] if len(articles) == 1 else (soup.body or soup)
-
-    if not title:
-        first_heading = root.find("h1")
-        title = _collapse(first_heading.get_text(" ")) if first_heading is not None else ""
-
-    for br in root.find_all("br"):
-        br.replace_with("\n")
-    for heading in root.find_all(_HEADING):
-        text = _collapse(heading.get_text(" "))
-        level = int(heading.name[1])
-        if text:
-            heading.replace_with(f"\n\n{_HEADING_MARK}{level}{text}\n\n")
-        else:
-            heading.decompose()
-    for tag in root.find_all(_PARAGRAPH_TAGS):
-        tag.insert(0, "\n\n")
-        tag.append("\n\n")
-    for tag in root.find_all(_LINE_TAGS):
-        # Only before: a "\n" after as well would make a blank line between neighbours.
-        tag.insert(0, "\n")
-    for tag in root.find_all(_CELL_TAGS):
-        tag.append(" ")
+    # A second walk over what is left: line breaks, heading markers, block separators.
+    for node in [n for n in root.descendants if isinstance(n, Tag)]:
+        name = node.name
+        if name == "br":
+            node.replace_with("\n")
+        elif name in _HEADING_TAGS:
+            text = _collapse(node.get_text(" "))
+            if not title and name == "h1":
+                title = text
+            if text:
+                node.replace_with(f"\n\n{_HEADING_MARK}{name[1]}{text}\n\n")
+            else:
+                node.decompose()
+        elif name in _PARAGRAPH_TAGS:
+            node.insert(0, "\n\n")
+            node.append("\n\n")
+        elif name in _LINE_TAGS:
+            # Only before: a "\n" after as well would make a blank line between neighbours.
+            node.insert(0, "\n")
+        elif name in _CELL_TAGS:
+            node.append(" ")
 
     sections: list[WebSection] = []
     heading_text: str | None = None
