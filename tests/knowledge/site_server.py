@@ -67,6 +67,7 @@ class SiteState:
     generated_pages: int = 0
     trap_url: str = "http://127.0.0.2:9/"
     crawl_delay: float | None = None
+    robots_status: int = 200
     robots_sitemap: bool = True
     news_version: int = 1
     flaky_failures: int = 0  # how many times /flaky answers 503 before it works
@@ -79,6 +80,7 @@ class SiteState:
             self.requests.clear()
             self._flaky_seen = 0
         self.crawl_delay = None
+        self.robots_status = 200
         self.robots_sitemap = True
         self.news_version = 1
         self.flaky_failures = 0
@@ -186,6 +188,8 @@ def create_app(state: SiteState) -> Starlette:
         base = str(request.base_url).rstrip("/")
 
         if path == "/robots.txt":
+            if state.robots_status != 200:
+                return PlainTextResponse("robots.txt unavailable", state.robots_status)
             lines = ["User-agent: *", "Disallow: /private/"]
             if state.crawl_delay is not None:
                 lines.append(f"Crawl-delay: {state.crawl_delay}")

@@ -194,6 +194,16 @@ async def test_sitemap_mode_reads_robots_sitemaps_index_and_gzip(site):
     assert "DTD" in evil.reason
     assert result.stats.stopped_reason == "completed"
     assert site.paths()[:2] == ["/robots.txt", "/sitemap_index.xml"]
+    # One sitemap could not be read, so nothing is reported as disappeared.
+    known = {f"{u}/gone": "0" * 64}
+    site.reset()
+    assert (await run(settings_for(site, mode="sitemap"), known)).stats.disappeared == frozenset()
+
+
+async def test_sitemap_mode_limits_pages(site):
+    result = await run(settings_for(site, mode="sitemap", max_pages=2))
+    assert len(result.of(PageFetched)) == 2
+    assert result.stats.stopped_reason == "max_pages"
 
 
 async def test_sitemap_mode_falls_back_to_sitemap_xml(site):
@@ -255,6 +265,20 @@ async def test_robots_rules_for_our_agent_name(site):
     assert result.skipped("robots") == {f"{site.url}/"}
     assert site.paths() == ["/robots.txt"]
     assert result.stats.stopped_reason == "start_failed"
+
+
+async def test_robots_unavailable_means_nothing_is_fetched(site):
+    site.state.robots_status = 503
+    result = await run(settings_for(site))
+    skip = result.of(PageSkipped)[0]
+    assert skip.reason == "robots" and "HTTP 503" in skip.detail
+    assert site.paths() == ["/robots.txt"]
+    assert result.stats.stopped_reason == "start_failed"
+
+    site.reset()
+    site.state.robots_status = 404
+    result = await run(settings_for(site, max_depth=1))
+    assert f"{site.url}/private/secret" in result.fetched()
 
 
 async def test_robots_can_be_ignored_when_configured(site):

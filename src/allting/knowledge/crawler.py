@@ -31,8 +31,8 @@ caller (ingestion) decides what to store. Decisions worth knowing:
 - `CrawlStats.seen_urls` holds the final URLs of fetched and unchanged pages plus URLs that
   failed transiently (time-outs, 5xx, 429, connection errors): their content may still be there.
   `CrawlStats.disappeared` is `known_hashes` minus `seen_urls`, but only for a crawl that
-  completed without limits and without transient failures; otherwise it is empty so that a
-  time-out or a flaky section never deletes half a site.
+  completed without limits, without transient failures and (sitemap mode) with every sitemap
+  read; otherwise it is empty so that a time-out or a flaky section never deletes half a site.
 - robots.txt: fetched through the guard with urllib.robotparser; 4xx means no rules, 5xx or
   unreachable means everything is disallowed (RFC 9309). Crawl-delay and Request-rate are
   honoured up to `max_crawl_delay` seconds between requests to that origin. `<meta name=robots>`
@@ -1037,6 +1037,8 @@ async def crawl(
     running: dict[asyncio.Task[_Outcome], _Item] = {}
     parsed_pages = 0
     stopped_reason = "completed"
+    sitemaps_complete = True  # every sitemap read: a broken one must not make its pages "disappear"
+    sitemaps_truncated = False
 
     def account(event: CrawlEvent) -> None:
         nonlocal transient_failures
@@ -1065,7 +1067,12 @@ async def crawl(
             queued_sitemaps = set(sitemaps)
             read = 0
             index = 0
-            while index < len(sitemaps) and index < MAX_SITEMAPS:
+            # Enough candidates for max_pages even if many are skipped; more would only fill memory.
+            enough = 2 * settings.max_pages + 100
+            while index < len(sitemaps):
+                if index >= MAX_SITEMAPS or len(crawler.frontier) >= enough:
+                    sitemaps_truncated = True
+                    break
                 sitemap_url = sitemaps[index]
                 index += 1
                 if loop.time() >= deadline:
@@ -1083,11 +1090,15 @@ async def crawl(
                         if isinstance(exc, _Fail)
                         else PageSkipped(sitemap_url, exc.reason, exc.detail)
                     )
+                    sitemaps_complete = False
                     account(event)
                     yield event
                     continue
                 read += 1
                 for location in locations:
+                    if len(crawler.frontier) >= enough:
+                        sitemaps_truncated = True
+                        break
                     normalized = normalize_url(location, sitemap_url)
                     if normalized is None:
                         continue
@@ -1106,6 +1117,7 @@ async def crawl(
                         yield skip
             if read == 0 and stopped_reason == "completed":
                 stopped_reason = "sitemap_failed"
+            sitemaps_complete &= not sitemaps_truncated
         else:
             crawler.claimed.add(crawler.start)
             heapq.heappush(crawler.frontier, _Item(0, next(crawler.seq), crawler.start))
@@ -1143,13 +1155,15 @@ async def crawl(
 
         if settings.mode == "crawl" and not crawler.start_ok and stopped_reason == "completed":
             stopped_reason = "start_failed"
+        if sitemaps_truncated and stopped_reason == "completed":
+            stopped_reason = "max_pages"
         for url, depth in crawler.too_deep.items():
             if url not in crawler.claimed:
                 event = PageSkipped(url, "depth", f"depth {depth} is over max_depth {settings.max_depth}")
                 account(event)
                 yield event
 
-        complete = stopped_reason == "completed" and transient_failures == 0
+        complete = stopped_reason == "completed" and transient_failures == 0 and sitemaps_complete
         stats = CrawlStats(
             pages_crawled=counts["fetched"],
             failed=counts["failed"],
