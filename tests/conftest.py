@@ -20,6 +20,9 @@ _DATA_DIR = Path(os.environ.get("ALLTING_TEST_DATA_DIR") or tempfile.mkdtemp(pre
 os.environ["ALLTING_DATA_DIR"] = str(_DATA_DIR)
 os.environ.setdefault("LOG_FORMAT", "console")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
+# The stub LLM, the test OpenID provider and the test website listen on loopback, which the
+# outbound guard refuses unless the operator lists it: the tests list it explicitly.
+os.environ["OUTBOUND_ALLOWED_NETWORKS"] = "127.0.0.1/32"
 for name in ("DATABASE_URL", "REDIS_URL"):
     if test_url := os.environ.get(f"ALLTING_TEST_{name}"):
         os.environ[name] = test_url
@@ -53,8 +56,11 @@ def app(runtime):
 
 
 def make_client(app, **headers) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("203.0.113.7", 40000)),
-                             base_url="http://testserver", headers=headers)
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=("203.0.113.7", 40000)),
+        base_url="http://testserver",
+        headers=headers,
+    )
 
 
 @pytest.fixture
@@ -88,11 +94,14 @@ class Org:
     sysadmin: httpx.AsyncClient
     clients: list
 
-    async def add_user(self, role: str = "member", email: str | None = None,
-                       password: str = "a-long-enough-password") -> Person:
+    async def add_user(
+        self, role: str = "member", email: str | None = None, password: str = "a-long-enough-password"
+    ) -> Person:
         email = email or f"{role}-{uuid.uuid4().hex[:8]}@{self.slug}.example"
-        response = await self.sysadmin.post("/api/v1/sysadmin/users/", json={
-            "email": email, "password": password, "tenant_id": str(self.id), "role": role})
+        response = await self.sysadmin.post(
+            "/api/v1/sysadmin/users/",
+            json={"email": email, "password": password, "tenant_id": str(self.id), "role": role},
+        )
         assert response.status_code == 201, response.text
         client = await login_client(self.app, email, password, self.clients)
         return Person(id=uuid.UUID(response.json()["id"]), email=email, password=password, client=client)
@@ -112,8 +121,14 @@ async def create_org(app, sysadmin: httpx.AsyncClient, clients: list, name: str 
     response = await sysadmin.post("/api/v1/sysadmin/tenants/", json={"name": name})
     assert response.status_code == 201, response.text
     tenant = response.json()
-    org = Org(id=uuid.UUID(tenant["id"]), slug=tenant["slug"], owner=None, app=app, sysadmin=sysadmin,
-              clients=clients)
+    org = Org(
+        id=uuid.UUID(tenant["id"]),
+        slug=tenant["slug"],
+        owner=None,
+        app=app,
+        sysadmin=sysadmin,
+        clients=clients,
+    )
     org.owner = await org.add_user("owner")
     return org
 

@@ -1,5 +1,6 @@
 """Every ORM model, imported once so the metadata (Alembic, doctor, tests) sees all tables."""
 
+from allting.ai.models import AiModel, Budget, ModelProvider, UsageRecord
 from allting.audit.models import AuditLog
 from allting.auth.models import AuthSession
 from allting.jobs.models import Job

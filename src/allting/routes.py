@@ -3,6 +3,7 @@
 from fastapi import APIRouter
 
 from allting import health
+from allting.ai import api as ai_api
 from allting.audit import api as audit_api
 from allting.auth import api as auth_api
 from allting.jobs import api as jobs_api
@@ -10,8 +11,9 @@ from allting.sysadmin import api as sysadmin_api
 from allting.users import api as users_api
 
 api_router = APIRouter(prefix="/api/v1")
-for module in (auth_api, users_api, audit_api, jobs_api, sysadmin_api):
+for module in (auth_api, users_api, audit_api, jobs_api, ai_api, sysadmin_api):
     api_router.include_router(module.router)
+api_router.include_router(ai_api.sysadmin_router)
 
 health_router = APIRouter(prefix="/api")
 health_router.include_router(health.router)

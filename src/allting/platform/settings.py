@@ -83,6 +83,15 @@ class Settings(BaseSettings):
     federation_per_tenant_enabled: bool = False
     outbound_allowed_networks: str = ""
 
+    openai_api_key: str | None = None
+    azure_api_key: str | None = None
+    azure_endpoint: str | None = None
+    azure_api_version: str | None = None
+    anthropic_api_key: str | None = None
+    mistral_api_key: str | None = None
+    vllm_model_url: str | None = None
+    vllm_api_key: str | None = None
+
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|console)$")
 

@@ -9,6 +9,7 @@ import uuid
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from allting.ai import service as ai_service
 from allting.audit import service as audit
 from allting.platform.errors import Conflict, NotFound
 from allting.platform.security import generate_password, hash_password
@@ -63,7 +64,7 @@ async def create_tenant(db: AsyncSession, data: TenantCreate) -> Tenant:
                 permissions=role["permissions"],
             )
         )
-    await db.flush()
+    await ai_service.seed_catalogue(db, tenant.id)
     return tenant
 
 
