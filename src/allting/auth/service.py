@@ -16,6 +16,8 @@ from allting.deps import Ctx
 from allting.platform import ratelimit
 from allting.platform.db import system_transaction, utcnow
 from allting.platform.errors import Forbidden, Invalid, TooManyRequests, Unauthorized
+from allting.platform.http import request_client_address
+from allting.platform.logging import correlation_id as current_correlation_id
 from allting.platform.security import (
     InvalidToken,
     digest,
@@ -309,6 +311,8 @@ async def authenticate_api_key(db: AsyncSession, secret: str) -> Ctx:
                 target_type="api_key",
                 target_id=key.id,
                 changes={"prefix": key.prefix},
+                client_address=request_client_address.get(),
+                correlation_id=current_correlation_id.get(),
             )
         key.last_used_at = utcnow()
     await set_tenant(db, key.tenant_id)

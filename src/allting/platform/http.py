@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import uuid
+from contextvars import ContextVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,6 +17,8 @@ from allting.platform.errors import AppError
 from allting.platform.logging import correlation_id, get_logger
 
 log = get_logger(__name__)
+# The caller's address for code that runs before a request context exists (e.g. authentication).
+request_client_address: ContextVar[str | None] = ContextVar("request_client_address", default=None)
 _VALID_CORRELATION_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 API_SECURITY_HEADERS = {
@@ -74,6 +77,7 @@ class RequestContextMiddleware:
         state = scope.setdefault("state", {})
         state["correlation_id"] = cid
         state["client_address"] = _client_address(scope, headers, self.trusted_proxies)
+        address_token = request_client_address.set(state["client_address"])
         try:
             if scope["type"] == "websocket":
                 await self.app(scope, receive, send)
@@ -92,6 +96,7 @@ class RequestContextMiddleware:
                 send, 413, "payload_too_large", f"The request body is larger than {limit} bytes", cid
             )
         finally:
+            request_client_address.reset(address_token)
             correlation_id.reset(token)
 
 
