@@ -93,7 +93,7 @@ def _filtered(
 ):
     query = select(AuditLog).where(AuditLog.tenant_id == ctx.tenant_id)
     if action:
-        query = query.where(AuditLog.action.startswith(action))
+        query = query.where(AuditLog.action.startswith(action, autoescape=True))
     if actor_id:
         query = query.where(AuditLog.actor_id == actor_id)
     if target_type:
