@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
@@ -123,7 +124,10 @@ async def list_logs(
 
 
 def _cell(value: Any) -> str:
-    text = "" if value is None else str(value)
+    if isinstance(value, dict | list):
+        text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    else:
+        text = "" if value is None else str(value)
     # Spreadsheets execute cells starting with these characters (CSV injection).
     return "'" + text if text.startswith(_FORMULA_PREFIXES) else text
 
