@@ -1,14 +1,27 @@
 """Every ORM model, imported once so the metadata (Alembic, doctor, tests) sees all tables."""
 
 from allting.ai.models import AiModel, Budget, ModelProvider, UsageRecord
+from allting.assistants.models import Assistant, AssistantApiKey, AssistantPromptVersion
 from allting.audit.models import AuditLog
+from allting.conversations.models import Citation, Conversation, Message
+from allting.files.models import File
 from allting.auth.models import AuthSession
 from allting.jobs.models import Job
 from allting.platform.db import Base
+from allting.spaces.models import Space, SpaceMember
 from allting.tenants.models import Tenant
 from allting.users.models import ApiKey, Role, User, UserGroup, UserGroupMember
 
 __all__ = [
+    "Assistant",
+    "AssistantApiKey",
+    "AssistantPromptVersion",
+    "Citation",
+    "Conversation",
+    "File",
+    "Message",
+    "Space",
+    "SpaceMember",
     "ApiKey",
     "AuditLog",
     "AuthSession",
