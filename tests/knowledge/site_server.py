@@ -65,6 +65,7 @@ class RecordedRequest:
 @dataclass
 class SiteState:
     generated_pages: int = 0
+    generated_delay: float = 0.0  # server time per /gen/ page, like a CMS rendering it
     trap_url: str = "http://127.0.0.2:9/"
     crawl_delay: float | None = None
     robots_status: int = 200
@@ -279,6 +280,8 @@ def create_app(state: SiteState) -> Starlette:
             except ValueError:
                 index = -1
             if 0 <= index < state.generated_pages:
+                if state.generated_delay:
+                    await asyncio.sleep(state.generated_delay)
                 children = [f"/gen/{c}" for c in (2 * index + 1, 2 * index + 2) if c < state.generated_pages]
                 text = "".join(f"<p>Paragraph {n} of page {index}. {_LOREM * 3}</p>" for n in range(4))
                 return Response(_page(f"Generated {index}", text + _links(*children)), media_type="text/html")
@@ -354,6 +357,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--pages", type=int, default=300, help="generated pages under /gen/")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="server time per generated page")
     args = parser.parse_args()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -361,7 +365,7 @@ def main() -> None:
     host, port = sock.getsockname()[:2]
     print(f"http://{host}:{port}", flush=True)
     config = uvicorn.Config(
-        create_app(SiteState(generated_pages=args.pages)),
+        create_app(SiteState(generated_pages=args.pages, generated_delay=args.delay_ms / 1000)),
         log_level="warning",
         access_log=False,
         lifespan="off",

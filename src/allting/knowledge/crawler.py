@@ -110,6 +110,7 @@ SITEMAP_MAX_BYTES = 50 * 1024 * 1024  # the protocol's limit, uncompressed
 SITEMAP_MAX_URLS = 50_000  # per sitemap file, as in the protocol
 MAX_SITEMAPS = 100
 RETRY_BACKOFF_SECONDS = 0.5
+INLINE_PARSE_BYTES = 64 * 1024  # smaller pages are parsed on the event loop, larger ones in a thread
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _TRACKING_PARAMETER = re.compile(r"^(utm_[a-z_]+|fbclid|gclid|msclkid|mc_cid|mc_eid)$", re.IGNORECASE)
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -960,7 +961,11 @@ class _Crawler:
             name, _, value = parameter.strip().partition("=")
             if name.lower() == "charset" and value:
                 charset = value.strip("\"'")
-        document = await asyncio.to_thread(extract_html, reply.body, final, charset=charset)
+        if len(reply.body) <= INLINE_PARSE_BYTES:
+            # About 1 ms: a thread hop costs more than that once threads contend for the GIL.
+            document = extract_html(reply.body, final, charset=charset)
+        else:
+            document = await asyncio.to_thread(extract_html, reply.body, final, charset=charset)
         tag = reply.headers.get("x-robots-tag", "").lower()
         noindex = document.noindex or "noindex" in tag or "none" in tag
         nofollow = document.nofollow or "nofollow" in tag or "none" in tag
