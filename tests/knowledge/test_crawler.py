@@ -487,13 +487,14 @@ async def test_readable_text_drops_scripts_and_navigation(site):
         assert marker not in home.text
     assert "Welcome to the test site.\nSecond line of the welcome." in home.text
     assert [s.heading for s in home.sections] == ["Home", "Services"]
-    assert home.sections[1].text.startswith("Service one.\n\nService two.")
+    assert home.sections[1].text.startswith("Services\n\nService one.\n\nService two.")
+    assert home.text == "\n\n".join(s.text for s in home.sections)
 
     intro = result.fetched()[f"{site.url}/docs/intro"]
     assert [(s.heading, s.level, s.text) for s in intro.sections] == [
-        ("Introduction", 1, "Start here."),
-        ("Installing", 2, "Run the installer."),
-        ("On Linux", 3, "Use the package.\n\nCell A Cell B"),
+        ("Introduction", 1, "Introduction\n\nStart here."),
+        ("Installing", 2, "Installing\n\nRun the installer."),
+        ("On Linux", 3, "On Linux\n\nUse the package.\n\nCell A Cell B"),
     ]
     assert intro.text.startswith("Introduction\n\nStart here.\n\nInstalling")
     assert len(home.content_hash) == 64
@@ -510,7 +511,7 @@ def test_extract_html_details():
     assert doc.title == "T" and doc.noindex and not doc.nofollow
     assert doc.links == ("http://h.example/sub/rel", "http://h.example/sub/")
     assert doc.sections[0].heading == "A"
-    assert doc.sections[0].text == "x y\n\none\ntwo"
+    assert doc.sections[0].text == "A\n\nx y\n\none\ntwo"
     latin1 = "<html><body><p>Åtgärd för ärenden</p></body></html>".encode("latin-1")
     assert "Åtgärd" in extract_html(latin1, "http://h.example/", charset="iso-8859-1").text
 
@@ -561,3 +562,18 @@ async def test_closing_early_cancels_the_crawl(site):
     count = len(site.paths())
     await asyncio.sleep(0.3)
     assert len(site.paths()) == count
+
+
+def test_page_sections_feed_the_chunker():
+    from allting.knowledge.chunking import split_sections
+
+    page = (
+        "<html><body><nav>Menu</nav><main><h1>Parking</h1>"
+        + "<p>Residents apply for a parking permit online. It costs 400 kronor a month.</p>" * 3
+        + "<h2>Visitors</h2><p>Visitors pay at the machine or in the app.</p></main></body></html>"
+    )
+    doc = extract_html(page.encode(), "https://kommun.example/parkering")
+    chunks = split_sections(doc.sections, chunk_tokens=40, overlap_tokens=0)
+    assert {chunk.heading for chunk in chunks} == {"Parking", "Visitors"}
+    assert chunks[-1].heading == "Visitors" and "machine" in chunks[-1].text
+    assert not any("Menu" in chunk.text for chunk in chunks)

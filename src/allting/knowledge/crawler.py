@@ -183,7 +183,7 @@ class CrawlSettings:
 
 @dataclass(frozen=True, slots=True)
 class WebSection:
-    """A part of a page under one heading; fits `allting.knowledge.chunking.SectionLike`."""
+    """A part of a page under one heading (text starts with the heading); a `chunking.SectionLike`."""
 
     heading: str | None
     text: str
@@ -526,8 +526,11 @@ def extract_html(data: bytes, url: str, *, charset: str | None = None) -> HtmlDo
     paragraphs: list[str] = []
 
     def flush() -> None:
-        if paragraphs or heading_text:
-            sections.append(WebSection(heading_text, "\n\n".join(paragraphs), heading_level))
+        # As in allting.knowledge.parsing, a section's text starts with its heading, so passages
+        # cut from it carry the heading's words as well as the heading metadata.
+        body = [heading_text, *paragraphs] if heading_text else paragraphs
+        if body:
+            sections.append(WebSection(heading_text, "\n\n".join(body), heading_level))
 
     for block in re.split(r"\n[ \t\r\f\v\u00a0]*\n", root.get_text()):
         lines: list[str] = []
@@ -547,9 +550,7 @@ def extract_html(data: bytes, url: str, *, charset: str | None = None) -> HtmlDo
             paragraphs.append("\n".join(lines))
     flush()
 
-    text = "\n\n".join(
-        "\n\n".join(part for part in (section.heading, section.text) if part) for section in sections
-    )
+    text = "\n\n".join(section.text for section in sections)
     return HtmlDocument(title, text, tuple(sections), tuple(links), noindex, nofollow)
 
 
