@@ -115,6 +115,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _TRACKING_PARAMETER = re.compile(r"^(utm_[a-z_]+|fbclid|gclid|msclkid|mc_cid|mc_eid)$", re.IGNORECASE)
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PERCENT_ESCAPE = re.compile(r"%([0-9a-fA-F]{2})")
+_HOST = re.compile(r"^([a-z0-9_-]+(\.[a-z0-9_-]+)*|[0-9a-f:.]*:[0-9a-f:.]*)$")  # a name, IPv4 or IPv6
 _FILE_EXTENSIONS = frozenset({
     "pdf", "doc", "docx", "xls", "xlsx", "ppt", "pptx", "odt", "ods", "odp", "rtf", "csv", "txt",
     "json", "xml", "rss", "atom", "zip", "gz", "tgz", "tar", "rar", "7z", "bz2", "xz", "png", "jpg",
@@ -297,13 +298,14 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
         port = parts.port
     except ValueError:
         return None
-    if not host or any(ch.isspace() for ch in host):
-        return None
+    host = host.rstrip(".")
     if not host.isascii():
         try:
             host = host.encode("idna").decode("ascii")
         except UnicodeError:
             return None
+    if not _HOST.match(host):
+        return None
     netloc = f"[{host}]" if ":" in host else host
     if port is not None and port != _DEFAULT_PORTS[scheme]:
         netloc += f":{port}"
