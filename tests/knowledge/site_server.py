@@ -12,10 +12,10 @@ Layout (depth from "/"):
   /docs/guide/advanced /hidden-gem                          3
   /docs/guide/deep/                                         4
   /docs/guide/deeper                                        5
-/slow answers after 3 s (linked from nowhere). /sitemap-only is listed in the sitemaps and linked
-from nowhere. robots.txt names /sitemap_index.xml, which lists /sitemap-pages.xml,
-/sitemap-blog.xml.gz (gzip) and /sitemap-evil.xml (an entity-expansion bomb that must be refused).
-/sitemap.xml is a plain urlset.
+/slow answers after 3 s and /go/flaky redirects to /flaky (both linked from nowhere).
+/sitemap-only is listed in the sitemaps and linked from nowhere. robots.txt names
+/sitemap_index.xml, which lists /sitemap-pages.xml, /sitemap-blog.xml.gz (gzip) and
+/sitemap-evil.xml (an entity-expansion bomb that must be refused). /sitemap.xml is a plain urlset.
 
 `SiteServer.requests` logs every request (path with query, headers) so tests can prove what was
 never fetched. `generated_pages=N` adds /gen/0 … /gen/N-1 (a binary tree of links) for the
@@ -262,6 +262,8 @@ def create_app(state: SiteState) -> Starlette:
             return Response(_page("Slow", "<p>Too late.</p>"), media_type="text/html")
         if path == "/go/internal":
             return RedirectResponse("/landing", 302)
+        if path == "/go/flaky":
+            return RedirectResponse("/flaky", 302)
         if path == "/go/private":
             return RedirectResponse("http://10.255.255.1/", 302)
         if path == "/go/metadata":

@@ -388,6 +388,14 @@ async def test_transient_failures_are_retried_and_keep_pages(site):
     assert result.stats.disappeared == frozenset()
 
 
+async def test_retry_follows_the_same_redirect_again(site):
+    site.state.flaky_failures = 1
+    result = await run(settings_for(site, "/go/flaky", max_depth=0))
+    page = result.fetched()[f"{site.url}/flaky"]
+    assert page.url == f"{site.url}/go/flaky"
+    assert site.paths() == ["/robots.txt", "/go/flaky", "/flaky", "/go/flaky", "/flaky"]
+
+
 async def test_page_timeout(site):
     started = time.monotonic()
     result = await run(settings_for(site, "/slow", per_page_timeout=0.3, retries=0))

@@ -856,7 +856,9 @@ class _Crawler:
         except (_Fail, TimeoutError) as exc:
             reason = exc.reason if isinstance(exc, _Fail) else "timed out"
             if isinstance(exc, _Fail) and not exc.transient:
-                # The guard refused the origin: every page there fails with that reason anyway.
+                # Refused by the guard, or redirects that cannot be followed: treated as no
+                # robots.txt (RFC 9309 reads unfollowable redirects like a 404). Pages on a
+                # refused origin fail on their own with the guard's reason.
                 parser.allow_all = True
             else:
                 parser.disallow_all = True
@@ -928,8 +930,12 @@ class _Crawler:
         is_start = self.s.mode == "crawl" and url == self.start
         robots = await self.admit_robots(url)
 
+        admitted: set[str] = set()  # hops this page claimed: a retry passes them again
+
         async def admit(hop: str) -> None:
-            await self._admit_redirect(hop, is_start=is_start)
+            if hop not in admitted:
+                await self._admit_redirect(hop, is_start=is_start)
+                admitted.add(hop)
 
         attempt = 0
         while True:
