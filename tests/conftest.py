@@ -153,3 +153,75 @@ async def org(org_factory) -> Org:
 @pytest.fixture
 async def other_org(org_factory) -> Org:
     return await org_factory()
+
+
+@pytest.fixture(scope="session")
+def stub_llm():
+    """The project's OpenAI-compatible stub server, reached through the real gateway."""
+    from allting.testing.stub_llm import StubLLM
+
+    with StubLLM() as server:
+        yield server
+
+
+@pytest.fixture
+def llm(stub_llm):
+    stub_llm.reset()
+    return stub_llm
+
+
+async def enable_stub_model(org: Org, stub, *, name: str = "stub-chat", **fields) -> dict:
+    """Give an org a provider account on the stub and an enabled default completion model."""
+    provider = await org.owner.client.post(
+        "/api/v1/admin/model-providers/",
+        json={
+            "name": f"stub-{uuid.uuid4().hex[:6]}",
+            "provider_type": "vllm",
+            "endpoint": stub.url,
+            "api_key": "sk-stub-key-for-tests",
+        },
+    )
+    assert provider.status_code == 201, provider.text
+    model = await org.owner.client.post(
+        "/api/v1/ai-models/",
+        json={
+            "kind": "completion",
+            "name": name,
+            "display_name": f"{name} {uuid.uuid4().hex[:4]}",
+            "provider_id": provider.json()["id"],
+            "context_window": 8192,
+            "hosting": "on_premises",
+            "security_level": 3,
+            "is_enabled": True,
+            "is_default": True,
+            **fields,
+        },
+    )
+    assert model.status_code == 201, model.text
+    return model.json()
+
+
+@pytest.fixture
+async def chat_org(org, llm) -> Org:
+    """An org whose default completion model is the stub."""
+    org.model = await enable_stub_model(org, llm)
+    return org
+
+
+@pytest.fixture(scope="session")
+async def live_url(app):
+    """The app served by uvicorn on a loopback port, in the test loop: for real disconnects and WebSockets."""
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    await task

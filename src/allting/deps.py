@@ -26,6 +26,7 @@ class Ctx:
     permissions: frozenset[str] = field(default_factory=frozenset)
     session_id: uuid.UUID | None = None
     api_key_id: uuid.UUID | None = None
+    assistant_id: uuid.UUID | None = None
     client_address: str | None = None
     correlation_id: str | None = None
 
@@ -58,6 +59,11 @@ async def get_ctx(request: Request, db: DbSession) -> Ctx:
     if authorization.lower().startswith("bearer "):
         ctx = await auth_service.authenticate_token(db, authorization[7:].strip(), purpose="access")
     elif api_key:
+        if api_key.startswith("ina_"):
+            raise Unauthorized(
+                "Assistant keys work only on /api/v1/assistants/{id}/sessions/",
+                code="assistant_key_not_allowed",
+            )
         ctx = await auth_service.authenticate_api_key(db, api_key)
     elif cookie:
         ctx = await auth_service.authenticate_token(db, cookie, purpose="web")

@@ -58,9 +58,12 @@ async def space_role(db: AsyncSession, ctx: Ctx, space: Space) -> str | None:
     if ctx.user_id is None:
         return None
     group_ids = select(UserGroupMember.group_id).where(UserGroupMember.user_id == ctx.user_id)
-    roles = await db.scalars(select(SpaceMember.role).where(
-        SpaceMember.space_id == space.id,
-        (SpaceMember.user_id == ctx.user_id) | SpaceMember.group_id.in_(group_ids)))
+    roles = await db.scalars(
+        select(SpaceMember.role).where(
+            SpaceMember.space_id == space.id,
+            (SpaceMember.user_id == ctx.user_id) | SpaceMember.group_id.in_(group_ids),
+        )
+    )
     return max(roles, key=ROLE_RANK.__getitem__, default=None)
 
 
@@ -77,9 +80,11 @@ async def accessible_space_ids(db: AsyncSession, ctx: Ctx) -> list[uuid.UUID]:
     """Every space the caller can see: their personal space, the organisation space, and memberships."""
     group_ids = select(UserGroupMember.group_id).where(UserGroupMember.user_id == ctx.user_id)
     member_of = select(SpaceMember.space_id).where(
-        (SpaceMember.user_id == ctx.user_id) | SpaceMember.group_id.in_(group_ids))
+        (SpaceMember.user_id == ctx.user_id) | SpaceMember.group_id.in_(group_ids)
+    )
     query = select(Space.id).where(
         (Space.kind == "organisation")
         | ((Space.kind == "personal") & (Space.owner_user_id == ctx.user_id))
-        | ((Space.kind == "shared") & Space.id.in_(member_of)))
+        | ((Space.kind == "shared") & Space.id.in_(member_of))
+    )
     return list(await db.scalars(query))
