@@ -78,6 +78,15 @@ class RequestContextMiddleware:
         state["correlation_id"] = cid
         state["client_address"] = _client_address(scope, headers, self.trusted_proxies)
         address_token = request_client_address.set(state["client_address"])
+        response_started = False
+        add_headers = _with_headers(send, scope, cid)
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await add_headers(message)
+
         try:
             if scope["type"] == "websocket":
                 await self.app(scope, receive, send)
@@ -86,22 +95,35 @@ class RequestContextMiddleware:
             limit = self.max_upload_bytes if is_multipart else self.max_body_bytes
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
-                await _send_error(
-                    send, 413, "payload_too_large", f"The request body is larger than {limit} bytes", cid
-                )
+                await _send_error(tracked_send, 413, "payload_too_large", _too_large(limit))
                 return
-            await self.app(scope, _limited(receive, limit), _with_headers(send, scope, cid))
+            await self.app(scope, _limited(receive, limit), tracked_send)
         except _BodyTooLarge:
-            await _send_error(
-                send, 413, "payload_too_large", f"The request body is larger than {limit} bytes", cid
-            )
+            if not response_started:
+                await _send_error(tracked_send, 413, "payload_too_large", _too_large(limit))
+        except Exception:
+            # Unhandled errors are logged by the application's handler further out; the answer is
+            # given here so that it too carries the correlation id and the security headers.
+            if not response_started:
+                await _send_error(tracked_send, 500, "internal_error", INTERNAL_ERROR_MESSAGE)
+            raise
         finally:
             request_client_address.reset(address_token)
             correlation_id.reset(token)
 
 
-class _BodyTooLarge(Exception):
-    pass
+INTERNAL_ERROR_MESSAGE = "Something went wrong on our side; quote the correlation id to support"
+
+
+def _too_large(limit: int) -> str:
+    return f"The request body is larger than {limit} bytes"
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised while the body is read; an HTTPException, so FastAPI passes it on instead of a 400."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, _too_large(limit))
 
 
 def _limited(receive: Receive, limit: int) -> Receive:
@@ -113,7 +135,7 @@ def _limited(receive: Receive, limit: int) -> Receive:
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:
-                raise _BodyTooLarge()
+                raise _BodyTooLarge(limit)
         return message
 
     return wrapped
@@ -140,11 +162,12 @@ def _with_headers(send: Send, scope: Scope, cid: str) -> Send:
     return wrapped
 
 
-async def _send_error(send: Send, status: int, code: str, message: str, cid: str) -> None:
+async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+    """An error answer from the middleware itself; `send` adds the correlation id and headers."""
     response = JSONResponse(
-        {"code": code, "message": message, "details": None, "correlation_id": cid},
+        {"code": code, "message": message, "details": None, "correlation_id": correlation_id.get()},
         status_code=status,
-        headers={"x-correlation-id": cid, "connection": "close"},
+        headers={"connection": "close"},
     )
     await response({"type": "http"}, _no_receive, send)
 
@@ -188,7 +211,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
+        codes = {
+            404: "not_found",
+            405: "method_not_allowed",
+            401: "unauthorized",
+            403: "forbidden",
+            413: "payload_too_large",
+        }
         message = exc.detail if isinstance(exc.detail, str) else "Request failed"
         return JSONResponse(
             error_body(request, codes.get(exc.status_code, "http_error"), message),
@@ -200,11 +229,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("request.failed", path=request.url.path)
         return JSONResponse(
-            error_body(
-                request,
-                "internal_error",
-                "Something went wrong on our side; quote the correlation id to support",
-            ),
+            error_body(request, "internal_error", INTERNAL_ERROR_MESSAGE),
             status_code=500,
         )
 
