@@ -65,7 +65,8 @@ async def get_tenant(tenant_id: uuid.UUID, db: SystemDb):
     return await tenants_service.get_tenant(db, tenant_id)
 
 
-@router.api_route("/tenants/{tenant_id}/", methods=["PATCH", "POST"], response_model=TenantRead)
+@router.patch("/tenants/{tenant_id}/", response_model=TenantRead)
+@router.post("/tenants/{tenant_id}/", response_model=TenantRead)
 async def update_tenant(tenant_id: uuid.UUID, data: TenantUpdate, request: Request, db: SystemDb):
     """Update a tenant; `state: suspended` suspends it (its people are signed out on their next request)."""
     return await service.update_tenant(db, tenant_id, data, **_request_info(request))
@@ -109,7 +110,8 @@ async def get_user(user_id: uuid.UUID, request: Request, db: SystemDb):
     return await users_service.get_user(db, _ctx(request, tenant_id), user_id)
 
 
-@router.api_route("/users/{user_id}/", methods=["PATCH", "POST"], response_model=UserRead)
+@router.patch("/users/{user_id}/", response_model=UserRead)
+@router.post("/users/{user_id}/", response_model=UserRead)
 async def update_user(user_id: uuid.UUID, data: SysadminUserUpdate, request: Request, db: SystemDb):
     tenant_id = await service.enter_user_tenant(db, user_id)
     return await users_service.update_user(
