@@ -467,3 +467,38 @@ async def test_invitation_rules_follow_user_creation(team):
     )
     assert as_owner.status_code == 403
     assert as_owner.json()["code"] == "owner_required"
+
+
+async def test_member_gets_403_on_every_admin_endpoint(team):
+    group = (
+        await team.admin.client.post("/api/v1/groups/", json={"name": f"Admins {uuid.uuid4().hex[:6]}"})
+    ).json()
+    role = (
+        await team.admin.client.post("/api/v1/roles/", json={"name": f"Custom {uuid.uuid4().hex[:6]}"})
+    ).json()
+    other = team.admin.id
+    calls = [
+        ("GET", "/api/v1/users/", None),
+        ("POST", "/api/v1/users/", {"email": new_email(team)}),
+        ("POST", "/api/v1/users/invitations/", {"email": new_email(team)}),
+        ("GET", f"/api/v1/users/{other}", None),
+        ("PATCH", f"/api/v1/users/{other}", {"name": "x"}),
+        ("DELETE", f"/api/v1/users/{other}", None),
+        ("POST", "/api/v1/roles/", {"name": "Mine"}),
+        ("PATCH", f"/api/v1/roles/{role['id']}", {"name": "Mine"}),
+        ("DELETE", f"/api/v1/roles/{role['id']}", None),
+        ("POST", "/api/v1/groups/", {"name": "Mine"}),
+        ("PATCH", f"/api/v1/groups/{group['id']}", {"name": "Mine"}),
+        ("DELETE", f"/api/v1/groups/{group['id']}", None),
+        ("POST", f"/api/v1/groups/{group['id']}/members/", {"user_id": str(team.member.id)}),
+        ("DELETE", f"/api/v1/groups/{group['id']}/members/{other}", None),
+        ("GET", "/api/v1/audit/logs", None),
+        ("GET", "/api/v1/audit/logs/export", None),
+    ]
+    for method, url, body in calls:
+        response = await team.member.client.request(method, url, json=body)
+        assert response.status_code == 403, (method, url, response.text)
+        assert response.json()["code"] == "permission_denied"
+    # nothing changed
+    assert (await team.admin.client.get(f"/api/v1/groups/{group['id']}")).json()["name"] == group["name"]
+    assert (await team.admin.client.get(f"/api/v1/users/{other}")).json()["name"] is None
