@@ -20,6 +20,7 @@ from typing import Any
 from saq import CronJob, Worker
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from allting.conversations.tasks import purge_expired_conversations
 from allting.jobs import service as jobs_service
 from allting.jobs.models import Job
 from allting.platform.db import system_transaction, transaction
@@ -203,7 +204,10 @@ def build_worker(*, in_process: bool) -> Worker:
     return worker_class(
         get_queue(),
         functions=[(RUN_JOB, run_job)],
-        cron_jobs=[CronJob(reconcile, cron="* * * * *", unique=True)],
+        cron_jobs=[
+            CronJob(reconcile, cron="* * * * *", unique=True),
+            CronJob(purge_expired_conversations, cron="17 3 * * *", unique=True),
+        ],
         concurrency=get_settings().worker_concurrency,
         shutdown_grace_period_s=10,
         # Waiting for work in one-second slices lets a stopping worker leave promptly.

@@ -153,11 +153,14 @@ async def test_client_disconnect_cancels_the_provider_and_stores_the_answer_once
     llm.script(answer="word " * 400, delay_per_token=0.02)
     assistant_id = await personal_assistant(chat_org.owner.client)
     headers = {"Authorization": chat_org.owner.client.headers["Authorization"]}
-    async with httpx.AsyncClient(base_url=live_url, headers=headers) as client, client.stream(
-        "POST",
-        "/api/v1/conversations/",
-        json={"question": "long please", "assistant_id": assistant_id, "stream": True},
-    ) as response:
+    async with (
+        httpx.AsyncClient(base_url=live_url, headers=headers) as client,
+        client.stream(
+            "POST",
+            "/api/v1/conversations/",
+            json={"question": "long please", "assistant_id": assistant_id, "stream": True},
+        ) as response,
+    ):
         seen = 0
         async for line in response.aiter_lines():
             if line.startswith("event: text"):

@@ -91,7 +91,7 @@ async def list_keys(assistant_id: uuid.UUID, db: DbSession, ctx: CurrentCtx):
 @router.post("/assistants/{assistant_id}/api-keys/", response_model=AssistantKeyCreated, status_code=201)
 async def create_key(assistant_id: uuid.UUID, data: AssistantKeyCreate, db: DbSession, ctx: CurrentCtx):
     key, secret = await service.create_key(db, ctx, assistant_id, data.name)
-    return AssistantKeyCreated.model_validate(key).model_copy(update={"key": secret})
+    return AssistantKeyCreated(**AssistantKeyRead.model_validate(key).model_dump(), key=secret)
 
 
 @router.delete("/assistants/{assistant_id}/api-keys/{key_id}", response_model=AssistantKeyRead)

@@ -68,6 +68,11 @@ async def _check_knowledge(
     )
 
 
+async def _effective_model(db: AsyncSession, model_id: uuid.UUID | None) -> AiModel | None:
+    """The model an assistant answers with: its own, else the organisation's default."""
+    return await db.get(AiModel, model_id) if model_id else await ai_service.default_model(db, "completion")
+
+
 def _check_params(model: AiModel | None, params: dict) -> None:
     if params.get("reasoning_effort") and model is not None and not model.reasoning:
         raise Invalid(
@@ -133,9 +138,7 @@ async def create_assistant(db: AsyncSession, ctx: Ctx, data: AssistantCreate) ->
     ctx.require("assistants")
     space, _ = await spaces_service.get_space_for(db, ctx, data.space_id, "assistant", "create")
     await _check_model(db, space, data.model_id)
-    _check_params(
-        await db.get(AiModel, data.model_id) if data.model_id else None, data.model_params.model_dump()
-    )
+    _check_params(await _effective_model(db, data.model_id), data.model_params.model_dump())
     await _check_knowledge(db, space, data.collection_ids, data.website_ids)
     assistant = Assistant(
         space_id=space.id,
@@ -201,10 +204,7 @@ async def update_assistant(
     model_id = values.get("model_id", assistant.model_id)
     if "model_params" in values:
         values["model_params"] = {k: v for k, v in (values["model_params"] or {}).items() if v is not None}
-    _check_params(
-        await db.get(AiModel, model_id) if model_id else None,
-        values.get("model_params", assistant.model_params),
-    )
+    _check_params(await _effective_model(db, model_id), values.get("model_params", assistant.model_params))
     if "collection_ids" in values or "website_ids" in values:
         values["collection_ids"] = values.get("collection_ids") or []
         values["website_ids"] = values.get("website_ids") or []

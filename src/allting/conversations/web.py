@@ -1,0 +1,92 @@
+"""The chat pages: the start page with the personal (or a chosen) assistant and the conversation list."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse
+
+from allting.assistants import service as assistants_service
+from allting.conversations import service
+from allting.platform.db import DbSession
+from allting.platform.errors import AppError
+from allting.spaces import service as spaces_service
+from allting.web.rendering import gettext_for, parse_uuid, render
+from allting.web.web import Csrf, SignedIn, done, error_text
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/", response_class=HTMLResponse)
+async def chat_page(
+    request: Request,
+    db: DbSession,
+    page: SignedIn,
+    assistant: str | None = None,
+    c: str | None = None,
+    q: str | None = None,
+):
+    ctx = page.ctx
+    conversation = None
+    messages, citations = [], {}
+    conversation_id = parse_uuid(c)
+    if conversation_id is not None:
+        conversation, messages, citations = await service.get_messages(db, ctx, conversation_id)
+    assistant_id = conversation.assistant_id if conversation else parse_uuid(assistant)
+    if assistant_id is not None:
+        chosen, space, _role = await assistants_service.get_assistant_for(db, ctx, assistant_id)
+    else:
+        space = await spaces_service.ensure_personal_space(db, ctx)
+        chosen = await spaces_service.default_assistant(db, space)
+    models = await spaces_service.allowed_models(db, space, kind="completion")
+    conversations, total = await service.list_conversations(
+        db, ctx, limit=50, offset=0, search=(q or "").strip()[:200] or None
+    )
+    return render(
+        request,
+        "conversations/chat.html",
+        {
+            "nav": "chat",
+            "assistant": chosen,
+            "space": space,
+            "models": models,
+            "conversation": conversation,
+            "messages": messages,
+            "citations": citations,
+            "conversations": conversations,
+            "total": total,
+            "search": q or "",
+        },
+    )
+
+
+@router.post("/conversations/{conversation_id}/rename", dependencies=[Csrf])
+async def rename_conversation_form(
+    request: Request,
+    db: DbSession,
+    page: SignedIn,
+    conversation_id: uuid.UUID,
+    title: Annotated[str, Form(max_length=200)] = "",
+):
+    _ = gettext_for(page.language)
+    try:
+        async with db.begin_nested():
+            await service.rename_conversation(db, page.ctx, conversation_id, title.strip() or _("Untitled"))
+    except AppError as exc:
+        return done(request, f"/?c={conversation_id}", error_text(request, exc), "error")
+    return done(request, f"/?c={conversation_id}", _("The conversation is renamed."))
+
+
+@router.post("/conversations/{conversation_id}/delete", dependencies=[Csrf])
+async def delete_conversation_form(
+    request: Request, db: DbSession, page: SignedIn, conversation_id: uuid.UUID
+):
+    _ = gettext_for(page.language)
+    try:
+        async with db.begin_nested():
+            await service.delete_conversation(db, page.ctx, conversation_id)
+    except AppError as exc:
+        return done(request, "/", error_text(request, exc), "error")
+    return done(request, "/", _("The conversation is deleted."))
