@@ -28,6 +28,7 @@ node_modules/.installed: package.json package-lock.json
 	mkdir -p $(VENDOR)/swagger-ui
 	cp node_modules/htmx.org/dist/htmx.min.js $(VENDOR)/
 	cp node_modules/swagger-ui-dist/swagger-ui-bundle.js node_modules/swagger-ui-dist/swagger-ui.css $(VENDOR)/swagger-ui/
+	cp node_modules/marked/lib/marked.umd.js node_modules/dompurify/dist/purify.min.js $(VENDOR)/
 	touch node_modules/.installed
 
 run: setup

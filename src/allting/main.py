@@ -21,6 +21,7 @@ from allting.platform.logging import get_logger
 from allting.platform.runtime import Runtime
 from allting.platform.settings import Settings, get_settings
 from allting.routes import api_router, health_router
+from allting.web.web import install_web
 
 log = get_logger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -110,4 +111,5 @@ def create_app(*, runtime: Runtime | None = None, in_process_worker: bool = True
 
     app.include_router(health_router)
     app.include_router(api_router)
+    install_web(app)
     return app

@@ -1,0 +1,316 @@
+"""The shell of the web app: sign-in and sign-out, account, language and theme, HTML error pages."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from allting.auth import service as auth_service
+from allting.deps import WEB_SESSION_COOKIE
+from allting.platform.db import DbSession, utcnow
+from allting.platform.errors import AppError, Forbidden, TooManyRequests, Unauthorized
+from allting.platform.logging import get_logger
+from allting.users import service as users_service
+from allting.users.models import User
+from allting.users.schemas import ApiKeyCreate, MeUpdate
+from allting.web.rendering import (
+    LANG_COOKIE,
+    LANGUAGES,
+    THEME_COOKIE,
+    THEMES,
+    CsrfFailed,
+    LoginRequired,
+    Page,
+    check_csrf,
+    flash,
+    gettext_for,
+    page_for,
+    pick_language,
+    redirect,
+    render,
+    set_cookie,
+)
+
+log = get_logger(__name__)
+router = APIRouter(include_in_schema=False)
+Csrf = Depends(check_csrf)
+
+
+async def signed_in(request: Request, db: DbSession) -> Page:
+    """The signed-in person of a page request (web session cookie), else a redirect to /login."""
+    token = request.cookies.get(WEB_SESSION_COOKIE)
+    if not token:
+        raise LoginRequired()
+    try:
+        ctx = await auth_service.authenticate_token(db, token, purpose="web")
+    except (Unauthorized, Forbidden) as exc:
+        raise LoginRequired() from exc
+    ctx.client_address = getattr(request.state, "client_address", None)
+    ctx.correlation_id = getattr(request.state, "correlation_id", None)
+    request.state.ctx = ctx
+    user = await db.get(User, ctx.user_id)
+    preferences = (user.preferences or {}) if user else {}
+    theme = preferences.get("theme") or request.cookies.get(THEME_COOKIE)
+    page = Page(
+        ctx=ctx,
+        language=pick_language(request, preferences.get("language")),
+        theme=theme if theme in THEMES else "system",
+        user_name=user.name if user else None,
+        user_email=user.email if user else None,
+    )
+    request.state.page = page
+    return page
+
+
+SignedIn = Annotated[Page, Depends(signed_in)]
+
+
+def done(request: Request, url: str, text: str | None = None, kind: str = "ok") -> Response:
+    response = redirect(request, url)
+    if text:
+        flash(response, request, text, kind)
+    return response
+
+
+def error_text(request: Request, exc: AppError) -> str:
+    _ = gettext_for(page_for(request).language)
+    return _(exc.message)
+
+
+def _safe_next(value: str | None) -> str:
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/"
+
+
+# Sign-in and sign-out
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request, next: str | None = None):
+    return render(request, "web/login.html", {"next": _safe_next(next), "error": None, "email": ""})
+
+
+@router.post("/login", dependencies=[Csrf])
+async def login_form(
+    request: Request,
+    email: Annotated[str, Form(max_length=320)] = "",
+    password: Annotated[str, Form(max_length=1000)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/",
+):
+    _ = gettext_for(page_for(request).language)
+    try:
+        issued = await auth_service.login(
+            email.strip(),
+            password,
+            tenant_slug=None,
+            client_address=getattr(request.state, "client_address", None),
+            user_agent=request.headers.get("user-agent"),
+            correlation_id=getattr(request.state, "correlation_id", None),
+            kind="web",
+        )
+    except TooManyRequests as exc:
+        retry = int((exc.headers or {}).get("Retry-After", "60") or 60)
+        minutes = max(1, (retry + 59) // 60)
+        message = _("Too many attempts. Try again in %(minutes)d minutes.") % {"minutes": minutes}
+        return _login_again(request, email, next, message, 429)
+    except Unauthorized as exc:
+        if exc.code == "account_disabled":
+            message = _("This account is disabled. Contact your administrator.")
+        else:
+            message = _("Wrong e-mail or password.")
+        return _login_again(request, email, next, message, 401)
+    response = redirect(request, _safe_next(next))
+    lifetime = int((issued.access_expires_at - utcnow()).total_seconds())
+    set_cookie(response, request, WEB_SESSION_COOKIE, issued.access_token, max_age=max(lifetime, 60))
+    # A fresh seed for the signed-in session's CSRF tokens.
+    request.state.csrf_seed = None
+    return response
+
+
+def _login_again(request: Request, email: str, next: str, message: str, status: int) -> HTMLResponse:
+    return render(
+        request,
+        "web/login.html",
+        {"next": _safe_next(next), "error": message, "email": email},
+        status_code=status,
+    )
+
+
+@router.post("/logout", dependencies=[Csrf])
+async def logout_form(request: Request, db: DbSession):
+    token = request.cookies.get(WEB_SESSION_COOKIE)
+    if token:
+        try:
+            ctx = await auth_service.authenticate_token(db, token, purpose="web")
+            await auth_service.logout(db, ctx)
+        except (Unauthorized, Forbidden):
+            pass
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(WEB_SESSION_COOKIE, path="/")
+    return response
+
+
+# Language and theme (signed in: stored in preferences; otherwise in a cookie)
+
+
+async def _optional_page(request: Request, db) -> Page | None:
+    try:
+        return await signed_in(request, db)
+    except LoginRequired:
+        return None
+
+
+@router.post("/preferences", dependencies=[Csrf])
+async def preferences_form(
+    request: Request,
+    db: DbSession,
+    language: Annotated[str | None, Form()] = None,
+    theme: Annotated[str | None, Form()] = None,
+    back: Annotated[str, Form(max_length=2000)] = "/",
+):
+    language = language if language in LANGUAGES else None
+    theme = theme if theme in THEMES else None
+    page = await _optional_page(request, db)
+    if page is not None and (language or theme):
+        await users_service.update_me(db, page.ctx, MeUpdate(language=language, theme=theme))
+    response = redirect(request, _safe_next(back))
+    if language:
+        set_cookie(response, request, LANG_COOKIE, language, max_age=60 * 60 * 24 * 365)
+    if theme:
+        set_cookie(response, request, THEME_COOKIE, theme, max_age=60 * 60 * 24 * 365)
+    return response
+
+
+# Account
+
+
+@router.get("/account", response_class=HTMLResponse)
+async def account_page(request: Request, db: DbSession, page: SignedIn):
+    keys = await users_service.list_api_keys(db, page.ctx)
+    return render(
+        request,
+        "web/account.html",
+        {"keys": keys, "new_key": None},
+    )
+
+
+@router.post("/account", dependencies=[Csrf])
+async def update_account_form(
+    request: Request,
+    db: DbSession,
+    page: SignedIn,
+    name: Annotated[str, Form(max_length=200)] = "",
+    language: Annotated[str, Form()] = "sv",
+    theme: Annotated[str, Form()] = "system",
+):
+    _ = gettext_for(page.language)
+    data = MeUpdate(
+        name=name.strip() or None,
+        language=language if language in LANGUAGES else None,
+        theme=theme if theme in THEMES else None,
+    )
+    await users_service.update_me(db, page.ctx, data)
+    response = done(request, "/account", _("Your account is saved."))
+    if data.language:
+        set_cookie(response, request, LANG_COOKIE, data.language, max_age=60 * 60 * 24 * 365)
+    return response
+
+
+@router.post("/account/keys", dependencies=[Csrf])
+async def create_api_key_form(
+    request: Request, db: DbSession, page: SignedIn, name: Annotated[str, Form(max_length=100)] = ""
+):
+    _ = gettext_for(page.language)
+    try:
+        async with db.begin_nested():
+            _key, secret = await users_service.create_api_key(
+                db, page.ctx, ApiKeyCreate(name=name.strip() or "API key")
+            )
+    except AppError as exc:
+        return done(request, "/account", error_text(request, exc), "error")
+    keys = await users_service.list_api_keys(db, page.ctx)
+    # Shown once, in this response only; a reload does not show it again.
+    return render(request, "web/account.html", {"keys": keys, "new_key": secret})
+
+
+@router.post("/account/keys/{key_id}/revoke", dependencies=[Csrf])
+async def revoke_api_key_form(request: Request, db: DbSession, page: SignedIn, key_id: uuid.UUID):
+    _ = gettext_for(page.language)
+    try:
+        async with db.begin_nested():
+            await users_service.revoke_api_key(db, page.ctx, key_id)
+    except AppError as exc:
+        return done(request, "/account", error_text(request, exc), "error")
+    return done(request, "/account", _("The key is revoked."))
+
+
+# HTML error pages for everything outside /api, and the redirects pages need.
+
+
+def _wants_html(request: Request) -> bool:
+    path = request.url.path
+    return not (path.startswith("/api") or path.startswith("/static") or path == "/docs")
+
+
+def _error_page(request: Request, status: int, message: str | None = None) -> HTMLResponse:
+    return render(request, "web/error.html", {"status": status, "message": message}, status_code=status)
+
+
+def install_web(app: FastAPI) -> None:
+    """Include the page routers and render errors as pages outside /api (the API keeps its JSON)."""
+    from allting.web.routers import page_routers
+
+    for page_router in page_routers():
+        app.include_router(page_router)
+    handlers = app.exception_handlers
+    api_app_error = handlers[AppError]
+    api_http_error = handlers[StarletteHTTPException]
+    api_unexpected = handlers[Exception]
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, exc: LoginRequired) -> Response:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if request.method != "GET":
+            target = "/"
+        response = RedirectResponse(f"/login?next={_quote(target)}", status_code=303)
+        response.delete_cookie(WEB_SESSION_COOKIE, path="/")
+        return response
+
+    @app.exception_handler(CsrfFailed)
+    async def csrf_failed(request: Request, exc: CsrfFailed) -> Response:
+        if not _wants_html(request):
+            return JSONResponse({"code": "csrf_failed", "message": "Missing or wrong CSRF token"}, 403)
+        _ = gettext_for(page_for(request).language)
+        return _error_page(request, 403, _("The form had expired. Go back, reload the page and try again."))
+
+    @app.exception_handler(AppError)
+    async def app_error(request: Request, exc: AppError) -> Response:
+        if not _wants_html(request):
+            return await api_app_error(request, exc)
+        if exc.status_code == 401:
+            return await login_required(request, LoginRequired())
+        return _error_page(request, exc.status_code, error_text(request, exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if not _wants_html(request):
+            return await api_http_error(request, exc)
+        return _error_page(request, exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        if not _wants_html(request):
+            return await api_unexpected(request, exc)
+        log.exception("page.failed", path=request.url.path)
+        return _error_page(request, 500)
+
+
+def _quote(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="/")
