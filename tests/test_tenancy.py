@@ -44,14 +44,45 @@ ID_KINDS = {
     "model_id": "model",
     "budget_id": "budget",
     "scope_id": "user",  # with scope=user below
+    "space_id": "space",
+    "member_id": "space_member",
+    "assistant_id": "assistant",
+    "conversation_id": "conversation",
+    "session_id": "conversation",
+    "message_id": "message",
+    "file_id": "file",
 }
+# A parameter whose kind depends on where it is: (path prefix, parameter) -> kind.
+ID_KINDS_BY_PATH = {("/api/v1/assistants/", "key_id"): "assistant_key"}
 # Path parameters that are not ids, with the value to call the route with.
-OTHER_PARAMS = {"scope": "user", "provider": "openai"}
+OTHER_PARAMS = {"scope": "user", "provider": "openai", "version": "1"}
 # Request bodies that get a route past validation to the lookup of its ids; the default is {}.
 BODIES = {
     ("POST", "/api/v1/groups/{group_id}/members/"): lambda a: {"user_id": str(a.ids["user"])},
     ("PUT", "/api/v1/budgets/{scope}/{scope_id}"): lambda a: {"monthly_tokens": 1000},
+    ("POST", "/api/v1/spaces/{space_id}/members/"): lambda a: {
+        "user_id": str(a.ids["user"]),
+        "role": "viewer",
+    },
+    ("PATCH", "/api/v1/spaces/{space_id}/members/{member_id}"): lambda a: {"role": "viewer"},
+    ("POST", "/api/v1/assistants/{assistant_id}/move"): lambda a: {"space_id": str(a.ids["space"])},
+    ("POST", "/api/v1/assistants/{assistant_id}/api-keys/"): lambda a: {"name": "probe"},
+    ("POST", "/api/v1/assistants/{assistant_id}/sessions/"): lambda a: {"question": "probe"},
+    ("POST", "/api/v1/assistants/{assistant_id}/sessions/{session_id}/"): lambda a: {"question": "probe"},
+    ("PATCH", "/api/v1/conversations/{conversation_id}/"): lambda a: {"title": "probe"},
+    ("POST", "/api/v1/conversations/{conversation_id}/messages/{message_id}/feedback"): lambda a: {
+        "value": 1
+    },
 }
+
+
+def kind_of(path: str, param: str) -> str:
+    for (prefix, name), kind in ID_KINDS_BY_PATH.items():
+        if name == param and path.startswith(prefix):
+            return kind
+    return ID_KINDS[param]
+
+
 # Known cross-tenant defects in code owned elsewhere; strict, so they fail loudly once fixed.
 KNOWN_DEFECTS = {
     ("PUT", "/api/v1/budgets/{scope}/{scope_id}"): (
@@ -135,7 +166,7 @@ class Tenant:
     markers: set[str] = field(default_factory=set)
 
     @classmethod
-    async def build(cls, app, sysadmin: httpx.AsyncClient, clients: list) -> Tenant:
+    async def build(cls, app, sysadmin: httpx.AsyncClient, clients: list, llm_url: str) -> Tenant:
         name = f"Tenancy {uuid.uuid4().hex[:10]}"
         created = (await sysadmin.post("/api/v1/sysadmin/tenants/", json={"name": name})).json()
         tenant = cls(id=uuid.UUID(created["id"]), slug=created["slug"], name=name)
@@ -181,7 +212,8 @@ class Tenant:
                 "/api/v1/admin/model-providers/",
                 json={
                     "name": f"Provider of {tenant.slug}",
-                    "provider_type": "openai",
+                    "provider_type": "vllm",
+                    "endpoint": llm_url,
                     "api_key": "sk-test-0123456789",
                 },
             )
@@ -189,11 +221,48 @@ class Tenant:
         model = await made(
             await owner.post(
                 "/api/v1/ai-models/",
-                json={"kind": "completion", "name": f"model-{tenant.slug}", "provider_id": provider["id"]},
+                json={
+                    "kind": "completion",
+                    "name": "stub-chat",
+                    "display_name": f"model-{tenant.slug}",
+                    "provider_id": provider["id"],
+                    "is_enabled": True,
+                    "is_default": True,
+                },
             )
         )
         budget = await made(
             await owner.put(f"/api/v1/budgets/user/{member_id}", json={"monthly_tokens": 5000})
+        )
+        space = await made(await owner.post("/api/v1/spaces/", json={"name": f"Space of {tenant.slug}"}))
+        memberships = await made(
+            await owner.post(
+                f"/api/v1/spaces/{space['id']}/members/", json={"user_id": str(member_id), "role": "editor"}
+            )
+        )
+        space_member = next(m for m in memberships if m["user_id"] == str(member_id))
+        assistant = await made(
+            await owner.post(
+                "/api/v1/assistants/",
+                json={
+                    "space_id": space["id"],
+                    "name": f"Assistant of {tenant.slug}",
+                    "prompt": "Answer briefly.",
+                    "model_id": model["id"],
+                    "published": True,
+                },
+            )
+        )
+        assistant_key = await made(
+            await owner.post(f"/api/v1/assistants/{assistant['id']}/api-keys/", json={"name": "integration"})
+        )
+        upload = await made(
+            await owner.post("/api/v1/files/", files={"file": (f"{tenant.slug}.txt", b"notes", "text/plain")})
+        )
+        asked = await made(
+            await owner.post(
+                "/api/v1/conversations/", json={"question": "Hello?", "assistant_id": assistant["id"]}
+            )
         )
         async with transaction() as db:
             await set_tenant(db, tenant.id)
@@ -212,6 +281,13 @@ class Tenant:
             "provider": uuid.UUID(provider["id"]),
             "model": uuid.UUID(model["id"]),
             "budget": uuid.UUID(budget["id"]),
+            "space": uuid.UUID(space["id"]),
+            "space_member": uuid.UUID(space_member["id"]),
+            "assistant": uuid.UUID(assistant["id"]),
+            "assistant_key": uuid.UUID(assistant_key["id"]),
+            "file": uuid.UUID(upload["id"]),
+            "conversation": uuid.UUID(asked["conversation_id"]),
+            "message": uuid.UUID(asked["message_id"]),
         }
         tenant.markers = {str(value) for value in tenant.ids.values()} | {
             str(tenant.id),
@@ -224,6 +300,10 @@ class Tenant:
             role["name"],
             provider["name"],
             f"model-{tenant.slug}",
+            space["name"],
+            assistant["name"],
+            assistant_key["prefix"],
+            f"{tenant.slug}.txt",
         }
         return tenant
 
@@ -236,11 +316,11 @@ class World:
 
 
 @pytest.fixture(scope="module")
-async def world(app, settings):
+async def world(app, settings, stub_llm):
     clients: list[httpx.AsyncClient] = []
     async with _client(app, **{"X-API-Key": settings.sysadmin_api_key}) as sysadmin:
-        a = await Tenant.build(app, sysadmin, clients)
-        b = await Tenant.build(app, sysadmin, clients)
+        a = await Tenant.build(app, sysadmin, clients, stub_llm.url)
+        b = await Tenant.build(app, sysadmin, clients, stub_llm.url)
         yield World(a=a, b=b, app=app)
     for client in clients:
         await client.aclose()
@@ -278,7 +358,20 @@ async def test_the_list_probe_would_see_every_kind_of_object_in_its_own_tenant(w
                 seen |= {marker for marker in b.markers if marker in response.text}
     expected = {
         str(b.ids[kind])
-        for kind in ("user", "group", "role", "api_key", "job", "provider", "model", "budget")
+        for kind in (
+            "user",
+            "group",
+            "role",
+            "api_key",
+            "job",
+            "provider",
+            "model",
+            "budget",
+            "space",
+            "assistant",
+            "conversation",
+            "file",
+        )
     }
     assert expected <= seen, expected - seen
 
@@ -331,17 +424,17 @@ async def test_another_tenants_object_is_a_404_identical_to_a_random_id(world, m
         return await a.owner.request(method, _url(path, {**fixed, **values}), json=body)
 
     if method == "GET":  # the route does find A's own objects, so a 404 below means "not yours"
-        own = await call({p: str(a.ids[ID_KINDS[p]]) for p in params})
+        own = await call({p: str(a.ids[kind_of(path, p)]) for p in params})
         assert own.status_code == 200, own.text
     # B's ids for every id parameter, then each parameter alone with A's own ids for the others.
-    variants = [{p: str(b.ids[ID_KINDS[p]]) for p in params}]
+    variants = [{p: str(b.ids[kind_of(path, p)]) for p in params}]
     if len(params) > 1:
         for chosen in params:
-            own = {p: str(a.ids[ID_KINDS[p]]) for p in params if p != chosen}
-            variants.append({**own, chosen: str(b.ids[ID_KINDS[chosen]])})
+            own = {p: str(a.ids[kind_of(path, p)]) for p in params if p != chosen}
+            variants.append({**own, chosen: str(b.ids[kind_of(path, chosen)])})
     for foreign in variants:
         randomised = {
-            p: str(uuid.uuid4()) if foreign[p] == str(b.ids[ID_KINDS[p]]) else v for p, v in foreign.items()
+            p: str(uuid.uuid4()) if v == str(b.ids[kind_of(path, p)]) else v for p, v in foreign.items()
         }
         cross_tenant, unknown = await call(foreign), await call(randomised)
         assert cross_tenant.status_code == 404, (foreign, cross_tenant.text)
@@ -364,6 +457,14 @@ async def test_tenant_b_is_untouched_by_tenant_a_calls(world):
     assert (await b.owner.get(f"/api/v1/ai-models/{b.ids['model']}")).status_code == 200
     assert (await b.owner.get(f"/api/v1/admin/model-providers/{b.ids['provider']}")).status_code == 200
     assert str(b.ids["budget"]) in {budget["id"] for budget in (await b.owner.get("/api/v1/budgets/")).json()}
+    assert (await b.owner.get(f"/api/v1/spaces/{b.ids['space']}/")).status_code == 200
+    assistant = await b.owner.get(f"/api/v1/assistants/{b.ids['assistant']}/")
+    assert (assistant.status_code, assistant.json()["space_id"]) == (200, str(b.ids["space"]))
+    conversation = await b.owner.get(f"/api/v1/conversations/{b.ids['conversation']}/")
+    assert conversation.json()["title"] != "probe"
+    assert (await b.owner.get(f"/api/v1/files/{b.ids['file']}/download")).content == b"notes"
+    keys = (await b.owner.get(f"/api/v1/assistants/{b.ids['assistant']}/api-keys/")).json()
+    assert [(key["id"], key["revoked_at"]) for key in keys] == [(str(b.ids["assistant_key"]), None)]
 
 
 # --- ids in request bodies and filters --------------------------------------------------------
