@@ -7,7 +7,11 @@ import re
 import httpx
 import pytest
 
-from conftest import make_client
+
+def make_client(app) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=("203.0.113.9", 40000)), base_url="http://testserver"
+    )
 
 
 def _token(html: str) -> str:
