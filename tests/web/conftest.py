@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = os.environ.get("ALLTING_CHROMIUM", "/usr/bin/chromium")
+HAVE_CHROMIUM = Path(CHROMIUM).exists()
 
 
 @pytest.fixture(scope="session")
 async def browser():
-    if not Path(CHROMIUM).exists():
+    if not HAVE_CHROMIUM:
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     from playwright.async_api import async_playwright
 

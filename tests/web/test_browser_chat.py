@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from web_helpers import sign_in
 
 pytestmark = pytest.mark.browser
