@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
 
 from allting.audit import service as audit
 from allting.auth.models import AuthSession
@@ -29,7 +28,7 @@ from allting.platform.security import (
 from allting.platform.settings import get_settings
 from allting.platform.tenancy import set_tenant
 from allting.tenants.models import Tenant
-from allting.users.models import ApiKey, User
+from allting.users.models import ApiKey, Role, User
 
 LOGIN_FAILED = "Incorrect e-mail or password"
 # Each key's use is audited at most this often, so busy integrations do not flood the log.
@@ -262,21 +261,40 @@ async def _context_for(
     session_id: uuid.UUID | None = None,
     api_key_id: uuid.UUID | None = None,
 ) -> Ctx:
-    user = await db.scalar(
-        select(User).options(selectinload(User.role)).where(User.id == user_id, User.deleted_at.is_(None))
+    """Who is calling, read in one query: the user, their role, their tenant and (for tokens) the session."""
+    query = (
+        select(
+            User.tenant_id,
+            User.email,
+            User.state,
+            Role.key,
+            Role.permissions,
+            Tenant.state.label("tenant_state"),
+        )
+        .join(Role, Role.id == User.role_id)
+        .join(Tenant, Tenant.id == User.tenant_id)
+        .where(User.id == user_id, User.deleted_at.is_(None))
     )
-    if user is None or user.state != "active":
+    if session_id is not None:
+        query = query.add_columns(AuthSession.revoked_at, AuthSession.expires_at).outerjoin(
+            AuthSession, (AuthSession.id == session_id) & (AuthSession.user_id == User.id)
+        )
+    row = (await db.execute(query)).one_or_none()
+    if session_id is not None and (
+        row is None or row.expires_at is None or row.revoked_at is not None or row.expires_at <= utcnow()
+    ):
+        raise Unauthorized("The session has ended; sign in again", code="session_ended")
+    if row is None or row.state != "active":
         raise Unauthorized("The account is not active", code="account_inactive")
-    tenant = await db.get(Tenant, user.tenant_id)
-    if tenant is None or tenant.state != "active":
+    if row.tenant_state != "active":
         raise Forbidden("This organisation is suspended", code="tenant_suspended")
     return Ctx(
-        tenant_id=user.tenant_id,
-        user_id=user.id,
+        tenant_id=row.tenant_id,
+        user_id=user_id,
         actor_type=actor_type,
-        email=user.email,
-        role_key=user.role.key,
-        permissions=frozenset(user.role.permissions),
+        email=row.email,
+        role_key=row.key,
+        permissions=frozenset(row.permissions),
         session_id=session_id,
         api_key_id=api_key_id,
     )
@@ -289,10 +307,7 @@ async def authenticate_token(db: AsyncSession, token: str, *, purpose: str) -> C
     except InvalidToken as exc:
         raise Unauthorized("Invalid or expired token", code="invalid_token") from exc
     await set_tenant(db, claims.tenant_id)
-    session = await db.get(AuthSession, claims.session_id)
-    if session is None or session.revoked_at is not None or session.expires_at <= utcnow():
-        raise Unauthorized("The session has ended; sign in again", code="session_ended")
-    return await _context_for(db, claims.user_id, actor_type="user", session_id=session.id)
+    return await _context_for(db, claims.user_id, actor_type="user", session_id=claims.session_id)
 
 
 async def authenticate_api_key(db: AsyncSession, secret: str) -> Ctx:
