@@ -59,7 +59,7 @@ async def test_every_kind_of_error_has_the_same_shape(anon, org):
         (401, await anon.get("/api/v1/users/me/")),
         (403, await member.client.get("/api/v1/users/")),
         (404, await anon.get("/api/v1/no-such-route")),
-        (404, await anon.get("/nowhere")),
+        (404, await anon.get("/api/nowhere")),
         (404, await org.owner.client.get(f"/api/v1/users/{uuid.uuid4()}")),
         (405, await anon.delete("/api/v1/users/login/token/")),
         (409, await org.owner.client.post("/api/v1/users/", json={"email": org.owner.email})),
