@@ -95,3 +95,28 @@ async def test_signed_in_pages_render(app, chat_org, path):
         assert response.status_code == 200, response.text
     finally:
         await client.aclose()
+
+
+async def test_space_pages_render_for_owner_and_viewer(app, chat_org):
+    owner = chat_org.owner.client
+    space = (await owner.post("/api/v1/spaces/", json={"name": "Team"})).json()
+    viewer = await chat_org.add_user("member")
+    added = await owner.post(
+        f"/api/v1/spaces/{space['id']}/members/", json={"user_id": str(viewer.id), "role": "viewer"}
+    )
+    assert added.status_code == 201, added.text
+    assistant = await owner.post(
+        "/api/v1/assistants/", json={"space_id": space["id"], "name": "Helper", "published": True}
+    )
+    assert assistant.status_code == 201, assistant.text
+    aid = assistant.json()["id"]
+    for person in (chat_org.owner, viewer):
+        client = await sign_in(app, person.email, person.password)
+        try:
+            for tab in ("assistants", "knowledge", "members", "settings", f"assistants/{aid}"):
+                response = await client.get(f"/spaces/{space['id']}/{tab}")
+                assert response.status_code in (200, 403), (tab, response.text[:2000])
+            listing = await client.get("/spaces")
+            assert listing.status_code == 200
+        finally:
+            await client.aclose()
