@@ -120,3 +120,14 @@ async def test_space_pages_render_for_owner_and_viewer(app, chat_org):
             assert listing.status_code == 200
         finally:
             await client.aclose()
+
+
+async def test_admin_pages_render(app, chat_org):
+    client = await sign_in(app, chat_org.owner.email, chat_org.owner.password)
+    try:
+        for path in ("/admin/ai", "/admin/usage", "/admin/users", "/admin/audit?action=auth."):
+            response = await client.get(path)
+            assert response.status_code == 200, (path, response.text[:3000])
+        assert (await client.get("/admin")).status_code == 303
+    finally:
+        await client.aclose()
