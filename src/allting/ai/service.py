@@ -11,7 +11,7 @@ from decimal import Decimal
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload
 
 from allting.ai import gateway
 from allting.ai.catalogue import STARTING_CATALOGUE
@@ -409,23 +409,34 @@ class PreparedCall:
 async def prepare_call(
     db: AsyncSession,
     ctx: Ctx,
-    model_id: uuid.UUID,
+    model: AiModel | uuid.UUID,
     *,
     kind: str,
     space_id: uuid.UUID | None = None,
     estimated_tokens: int = 0,
 ) -> PreparedCall:
-    """Everything needed before a model call: the model is enabled and usable, budgets allow it."""
-    model = await _model(db, model_id)
+    """Everything needed before a model call: the model is enabled and usable, budgets allow it.
+
+    `model` may be a model loaded with `load_model` (its provider account loaded too) or its id.
+    """
+    if not isinstance(model, AiModel):
+        model = await load_model(db, model)
     if model.kind != kind or not model.is_enabled:
         raise ModelLocked(f"{model.display_name} is not enabled for this organisation", field="model_id")
-    accounts = await _accounts_by_type(db)
+    fallback_models = (
+        list(await db.scalars(_models().where(AiModel.id.in_(model.fallback_model_ids), AiModel.is_enabled)))
+        if model.fallback_model_ids
+        else []
+    )
+    # Models tied to an account need no lookup of the tenant's accounts; that saves a query per question.
+    needs_accounts = any(candidate.provider_id is None for candidate in (model, *fallback_models))
+    accounts = await _accounts_by_type(db) if needs_accounts else {}
     target = target_for(model, accounts)
-    fallback_models = []
-    for fallback_id in model.fallback_model_ids or []:
-        fallback = await db.scalar(_models().where(AiModel.id == fallback_id))
-        if fallback is not None and fallback.is_enabled and lock_reason(fallback, accounts) is None:
-            fallback_models.append(fallback)
+    order = {fallback_id: index for index, fallback_id in enumerate(model.fallback_model_ids or [])}
+    fallback_models = sorted(
+        (fallback for fallback in fallback_models if lock_reason(fallback, accounts) is None),
+        key=lambda fallback: order[fallback.id],
+    )
     await check_budgets(db, ctx, space_id=space_id, estimated_tokens=estimated_tokens)
     return PreparedCall(
         model=model,
@@ -444,7 +455,12 @@ async def default_model(db: AsyncSession, kind: str) -> AiModel | None:
 
 
 def _models():
-    return select(AiModel).options(selectinload(AiModel.provider))
+    return select(AiModel).options(joinedload(AiModel.provider))
+
+
+async def load_model(db: AsyncSession, model_id: uuid.UUID) -> AiModel:
+    """A model of the catalogue with its provider account."""
+    return await _model(db, model_id)
 
 
 async def _model(db: AsyncSession, model_id: uuid.UUID) -> AiModel:

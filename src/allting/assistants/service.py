@@ -30,10 +30,16 @@ async def get_assistant_for(
 
     Viewers see published assistants only; anything the caller cannot see answers 404.
     """
-    assistant = await db.get(Assistant, assistant_id)
-    if assistant is None:
+    row = (
+        await db.execute(
+            select(Assistant, Space)
+            .join(Space, Space.id == Assistant.space_id)
+            .where(Assistant.id == assistant_id)
+        )
+    ).one_or_none()
+    if row is None:
         raise NotFound("Assistant not found")
-    space = await db.get(Space, assistant.space_id)
+    assistant, space = row
     role = await permissions.space_role(db, ctx, space)
     visible = permissions.allowed(role, "assistant", "read") and (
         assistant.published or assistant.is_default or permissions.allowed(role, "assistant", "edit")

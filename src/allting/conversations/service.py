@@ -102,8 +102,13 @@ async def _assistant_for_asking(
     if ctx.actor_type == "assistant_key":
         if ctx.assistant_id != assistant_id:
             raise NotFound("Assistant not found")
-        assistant = await db.get(Assistant, assistant_id)
-        return assistant, await db.get(Space, assistant.space_id)
+        return (
+            await db.execute(
+                select(Assistant, Space)
+                .join(Space, Space.id == Assistant.space_id)
+                .where(Assistant.id == assistant_id)
+            )
+        ).one()
     assistant, space, _ = await assistants_service.get_assistant_for(db, ctx, assistant_id, "read")
     return assistant, space
 
@@ -130,7 +135,14 @@ async def _resolve_model(
     db: AsyncSession, assistant: Assistant, space: Space, model_id: uuid.UUID | None
 ) -> AiModel:
     chosen = model_id or assistant.model_id
-    model = await db.get(AiModel, chosen) if chosen else await ai_service.default_model(db, "completion")
+    try:
+        model = (
+            await ai_service.load_model(db, chosen)
+            if chosen
+            else await ai_service.default_model(db, "completion")
+        )
+    except NotFound:
+        model = None
     if model is None or model.kind != "completion":
         raise Invalid(
             "No AI model is available for this assistant: an administrator must enable one under AI models",
@@ -231,7 +243,7 @@ async def prepare_question(
     )
     estimated = sum(prompting.estimate_tokens(str(message["content"])) for message in messages)
     call = await ai_service.prepare_call(
-        db, ctx, model.id, kind="completion", space_id=space.id, estimated_tokens=estimated
+        db, ctx, model, kind="completion", space_id=space.id, estimated_tokens=estimated
     )
     created = conversation is None
     if created:

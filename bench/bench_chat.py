@@ -1,0 +1,172 @@
+"""Time to first token added by Allting over calling the stub LLM directly, and throughput.
+
+Starts the stub LLM and `allting serve` (embedded PostgreSQL and Redis in a temporary data
+directory) as separate processes, configures a provider on the stub and a default model, then,
+at 1, 10 and 50 concurrent streams:
+  - direct:  a streaming POST to the stub's /v1/chat/completions, clock stopped at the first text chunk;
+  - allting: a streaming POST to /api/v1/conversations/ as a signed-in user, stopped at the first
+             `text` event — authentication, access checks, request building, budget check,
+             storing the question, the gateway, and SSE re-encoding.
+Both read their streams to the end. "paired p50" is the median over rounds of the per-round
+difference of p50s, which cancels drift from other load on this shared machine.
+With BENCH_KNOWLEDGE=1 (needs the knowledge module) the assistant also searches a collection.
+
+    .venv/bin/python bench/bench_chat.py [--rounds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+LEVELS = (1, 10, 50)
+PASSWORD = "benchmark password 1"
+EMAIL = "bench@example.org"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _direct(client: httpx.AsyncClient, stub_url: str) -> float:
+    started = time.perf_counter()
+    first = None
+    body = {"model": "stub-chat", "stream": True, "messages": [{"role": "user", "content": "Hello"}]}
+    async with client.stream("POST", f"{stub_url}/chat/completions", json=body) as response:
+        async for line in response.aiter_lines():
+            if first is None and line.startswith("data:") and '"content"' in line:
+                first = time.perf_counter() - started
+    return first
+
+
+async def _allting(client: httpx.AsyncClient, base: str, assistant_id: str) -> float:
+    started = time.perf_counter()
+    first = None
+    body = {"question": "Hello", "assistant_id": assistant_id, "stream": True}
+    async with client.stream("POST", f"{base}/api/v1/conversations/", json=body) as response:
+        async for line in response.aiter_lines():
+            if first is None and line.startswith("event: text"):
+                first = time.perf_counter() - started
+    return first
+
+
+async def _round(level: int, call) -> tuple[list[float], float]:
+    started = time.perf_counter()
+    samples = await asyncio.gather(*(call() for _ in range(level)))
+    return list(samples), time.perf_counter() - started
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def _setup(base: str, stub_url: str) -> tuple[str, str]:
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        token = (await client.post("/api/v1/users/login/token/",
+                                   data={"username": EMAIL, "password": PASSWORD})).json()["access_token"]
+        client.headers["Authorization"] = f"Bearer {token}"
+        provider = (await client.post("/api/v1/admin/model-providers/", json={
+            "name": "stub", "provider_type": "vllm", "endpoint": stub_url, "api_key": "sk-bench-key"})).json()
+        await client.post("/api/v1/ai-models/", json={
+            "kind": "completion", "name": "stub-chat", "provider_id": provider["id"], "context_window": 8192,
+            "is_enabled": True, "is_default": True})
+        assistant = (await client.get("/api/v1/spaces/type/personal/")).json()["default_assistant"]["id"]
+        return token, assistant
+
+
+async def main(rounds: int) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="allting-bench-chat-"))
+    stub_port, api_port = _free_port(), _free_port()
+    stub_url = f"http://127.0.0.1:{stub_port}/v1"
+    base = f"http://127.0.0.1:{api_port}"
+    stub = subprocess.Popen([sys.executable, "-m", "allting.testing.stub_llm", "--port", str(stub_port),
+                             "--delay-per-token", "0.005", "--answer", " ".join(["word"] * 40)])
+    env = {**os.environ, "ALLTING_DATA_DIR": str(tmp / "data"), "ALLTING_ADMIN_EMAIL": EMAIL,
+           "ALLTING_ADMIN_PASSWORD": PASSWORD, "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.1/32", "LOG_LEVEL": "WARNING",
+           "LOGIN_MAX_FAILURES_PER_ADDRESS": "100000"}
+    api = subprocess.Popen([sys.executable, "-m", "allting", "serve", "--port", str(api_port), "--no-worker"],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(f"{stub_url}/models")
+        _wait(f"{base}/api/readyz")
+        token, assistant_id = await _setup(base, stub_url)
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as direct_client, httpx.AsyncClient(
+                timeout=60, limits=limits, headers={"Authorization": f"Bearer {token}"}) as api_client:
+            for _ in range(3):
+                await _direct(direct_client, stub_url)
+                await _allting(api_client, base, assistant_id)
+            print(f"rounds per level: {rounds}")
+            print(f"{'streams':>7} {'direct p50':>10} {'allting p50':>11} {'added p50':>9} {'paired p50':>10} "
+                  f"{'direct p95':>10} {'allting p95':>11} {'thr ratio':>9}")
+            for level in LEVELS:
+                direct_all, api_all, paired, direct_time, api_time = [], [], [], 0.0, 0.0
+                for _ in range(rounds):
+                    d, d_elapsed = await _round(level, lambda: _direct(direct_client, stub_url))
+                    a, a_elapsed = await _round(level, lambda: _allting(api_client, base, assistant_id))
+                    direct_all += d
+                    api_all += a
+                    direct_time += d_elapsed
+                    api_time += a_elapsed
+                    paired.append(statistics.median(a) * 1000 - statistics.median(d) * 1000)
+                print(f"{level:>7} {_p(direct_all, .5):10.1f} {_p(api_all, .5):11.1f} "
+                      f"{_p(api_all, .5) - _p(direct_all, .5):9.1f} {statistics.median(paired):10.1f} "
+                      f"{_p(direct_all, .95):10.1f} {_p(api_all, .95):11.1f} {direct_time / api_time:9.2f}")
+            idle = _rss_mib(api.pid)
+            slow = {"question": "Hello", "assistant_id": assistant_id, "stream": True}
+
+            async def hold() -> None:
+                async with api_client.stream("POST", f"{base}/api/v1/conversations/", json=slow) as response:
+                    async for _ in response.aiter_lines():
+                        pass
+
+            tasks = [asyncio.create_task(hold()) for _ in range(50)]
+            await asyncio.sleep(0.15)
+            busy = _rss_mib(api.pid)
+            await asyncio.gather(*tasks)
+            print(f"API RSS idle {idle:.1f} MiB, with 50 open streams {busy:.1f} MiB: "
+                  f"{(busy - idle) * 1024 / 50:.0f} KiB per open stream")
+    finally:
+        for process in (api, stub):
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=10)
+    asyncio.run(main(parser.parse_args().rounds))
