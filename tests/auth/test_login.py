@@ -272,3 +272,31 @@ def test_production_password_hashing_is_argon2id_with_owasp_parameters(cheap_pas
     assert parameters.memory_cost >= 19 * 1024
     assert parameters.time_cost >= 2
     assert cheap_password_hashing.verify(stored, "a-long-enough-password")
+
+
+async def test_password_hashing_runs_off_the_event_loop(organisation, client_at, monkeypatch):
+    """argon2 costs ~0.25 s of CPU: on the event loop it would stall every other request."""
+    import threading
+
+    from allting.platform import security
+
+    loop_thread, used_threads = threading.current_thread(), []
+    cheap = security._hasher
+
+    class Recording:
+        def hash(self, password):
+            used_threads.append(threading.current_thread())
+            return cheap.hash(password)
+
+        def verify(self, stored, password):
+            used_threads.append(threading.current_thread())
+            return cheap.verify(stored, password)
+
+    monkeypatch.setattr(security, "_hasher", Recording())
+    person = await organisation.add("member")  # hashes, then signs in
+    await client_at().post(LOGIN, data={"username": person.email, "password": "wrong-password"})
+    await person.client.post(
+        "/api/v1/users/me/password", json={"current_password": PASSWORD, "new_password": "another-password"}
+    )
+    assert len(used_threads) == 5
+    assert loop_thread not in used_threads

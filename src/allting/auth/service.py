@@ -23,7 +23,7 @@ from allting.platform.security import (
     issue_token,
     new_opaque_token,
     read_token,
-    verify_password,
+    verify_password_off_loop,
 )
 from allting.platform.settings import get_settings
 from allting.platform.tenancy import set_tenant
@@ -143,7 +143,10 @@ async def login(
         }
         matched = None
         for user in candidates or [None]:
-            if verify_password(user.password_hash if user else None, password) and user is not None:
+            if (
+                await verify_password_off_loop(user.password_hash if user else None, password)
+                and user is not None
+            ):
                 matched = user
                 break
         usable = (

@@ -17,9 +17,9 @@ from allting.platform.errors import Conflict, Forbidden, Invalid, NotFound
 from allting.platform.security import (
     generate_api_key,
     generate_password,
-    hash_password,
+    hash_password_off_loop,
     password_problem,
-    verify_password,
+    verify_password_off_loop,
 )
 from allting.users.models import ApiKey, Role, User, UserGroup, UserGroupMember
 from allting.users.permissions import DEFAULT_ROLE_KEY, OWNER_ROLE_KEY, unknown_permissions
@@ -87,7 +87,7 @@ async def create_user(db: AsyncSession, ctx: Ctx, data: UserCreate) -> tuple[Use
         role_id=role.id,
         state="active",
         preferences={},
-        password_hash=hash_password(data.password or generated),
+        password_hash=await hash_password_off_loop(data.password or generated),
     )
     db.add(user)
     await db.flush()
@@ -128,7 +128,7 @@ async def accept_invitation(db: AsyncSession, user_id: uuid.UUID, password: str)
     user = await db.scalar(_users().where(User.id == user_id))
     if user is None or user.state != "invited":
         raise Invalid("This invitation is no longer valid", field="token", code="invitation_invalid")
-    user.password_hash = hash_password(password)
+    user.password_hash = await hash_password_off_loop(password)
     user.state = "active"
     await db.flush()
     await audit.record_event(
@@ -282,10 +282,10 @@ async def update_me(db: AsyncSession, ctx: Ctx, data: MeUpdate) -> User:
 async def change_password(db: AsyncSession, ctx: Ctx, current: str, new: str) -> None:
     """Change one's own password; every other session of the user ends."""
     user = await get_user(db, ctx, ctx.user_id)
-    if not verify_password(user.password_hash, current):
+    if not await verify_password_off_loop(user.password_hash, current):
         raise Invalid("The current password is wrong", field="current_password", code="wrong_password")
     _check_password(new, "new_password")
-    user.password_hash = hash_password(new)
+    user.password_hash = await hash_password_off_loop(new)
     await revoke_sessions(db, user.id, except_session=ctx.session_id)
     await audit.record(db, ctx, "user.password_changed", target_type="user", target_id=user.id)
 
