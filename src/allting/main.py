@@ -65,6 +65,9 @@ def create_app(*, runtime: Runtime | None = None, in_process_worker: bool = True
         try:
             if own_runtime:
                 await first_run(settings)
+                from allting.ai import gateway
+
+                app.state.litellm_warm_up = asyncio.create_task(gateway.warm_up())
             if in_process_worker:
                 from allting.worker import build_worker
 

@@ -40,6 +40,7 @@ import logging
 import os
 import random
 import ssl
+import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -57,9 +58,7 @@ os.environ["LITELLM_TELEMETRY_GROUPS"] = ""
 import anyio
 import httpcore2
 import httpx2
-import litellm
 import openai
-from litellm.utils import get_optional_params
 from openai import AsyncAzureOpenAI, AsyncOpenAI, AsyncStream, DefaultAsyncHttpxClient, OpenAIError
 
 from allting.ai import local_embeddings
@@ -76,17 +75,53 @@ from allting.ai.errors import (
 )
 from allting.platform import egress
 
-litellm.suppress_debug_info = True  # it prints "Give Feedback" banners with error text to stdout
-litellm.telemetry = False
-litellm.callbacks = []
-litellm.success_callback = []
-litellm.failure_callback = []
-litellm.turn_off_message_logging = True
-litellm.redact_messages_in_exceptions = True
-litellm.drop_params = True
-# Usage and cost are recorded by Allting; LiteLLM's own per-chunk logging and end-of-stream cost
-# calculation only add latency (they run for every stream even with no callbacks registered).
-litellm.disable_streaming_logging = True
+
+class _LazyLiteLLM:
+    """LiteLLM, imported on first use: the import takes seconds and a lot of memory, and only calls to
+    providers that do not speak the OpenAI protocol, embeddings, transcription and prices need it.
+    `warm_up()` imports it in a background thread once the server is up."""
+
+    def __init__(self) -> None:
+        self._module: Any = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._module is None:
+                import litellm as module
+
+                module.suppress_debug_info = True  # it prints "Give Feedback" banners with error text
+                module.telemetry = False
+                module.callbacks = []
+                module.success_callback = []
+                module.failure_callback = []
+                module.turn_off_message_logging = True
+                module.redact_messages_in_exceptions = True
+                module.drop_params = True
+                # Usage and cost are recorded by Allting; LiteLLM's per-chunk logging and end-of-stream
+                # cost calculation only add latency (they run even with no callbacks registered).
+                module.disable_streaming_logging = True
+                self._module = module
+        return self._module
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._load(), name)
+
+
+litellm = _LazyLiteLLM()
+
+
+def get_optional_params(**kwargs: Any) -> Any:
+    from litellm.utils import get_optional_params as litellm_optional_params
+
+    litellm._load()
+    return litellm_optional_params(**kwargs)
+
+
+async def warm_up() -> None:
+    """Import LiteLLM in a worker thread so the first call that needs it does not wait."""
+    await anyio.to_thread.run_sync(litellm._load)
+
 
 log = logging.getLogger(__name__)
 
