@@ -117,12 +117,11 @@
   function feedbackButtons() {
     var group = el("span", "feedback");
     group.setAttribute("role", "group");
-    [["1", "👍", t("good")], ["-1", "👎", t("bad")]].forEach(function (spec) {
+    [["1", t("good")], ["-1", t("bad")]].forEach(function (spec) {
       var b = el("button", "icon-button", spec[1]);
       b.type = "button";
       b.setAttribute("data-feedback", spec[0]);
       b.setAttribute("aria-pressed", "false");
-      b.setAttribute("aria-label", spec[2]);
       group.appendChild(b);
     });
     return group;
