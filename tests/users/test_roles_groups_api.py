@@ -252,3 +252,46 @@ async def test_member_reads_groups_but_cannot_change_them(team):
     assert (await client.delete(f"/api/v1/groups/{group['id']}/members/{team.admin.id}")).status_code == 403
     assert (await client.delete(f"/api/v1/groups/{group['id']}")).status_code == 403
     assert (await client.get(f"/api/v1/groups/{group['id']}")).json()["name"] == group["name"]
+
+
+async def test_nobody_hands_out_an_administrative_permission_they_lack(team):
+    """A user administrator (a role with only `admin`) cannot give anyone, or themselves, `ai` or `audit`."""
+    managers = (
+        await team.owner.client.post(
+            "/api/v1/roles/", json={"name": unique("User admins"), "permissions": ["admin"]}
+        )
+    ).json()
+    manager = await team.add("member")
+    await team.owner.client.patch(f"/api/v1/users/{manager.id}", json={"role_id": managers["id"]})
+    client = manager.client
+
+    wider = await client.post(
+        "/api/v1/roles/", json={"name": unique("Wider"), "permissions": ["admin", "audit"]}
+    )
+    assert wider.status_code == 403
+    assert wider.json()["code"] == "permission_escalation"
+    assert wider.json()["details"] == {"permissions": ["audit"]}
+    widen_own = await client.patch(f"/api/v1/roles/{managers['id']}", json={"permissions": ["admin", "ai"]})
+    assert widen_own.status_code == 403
+    to_admin = await client.patch(
+        f"/api/v1/users/{manager.id}", json={"role_id": await team.role_id("admin")}
+    )
+    assert to_admin.status_code == 403
+    new_admin = await client.post(
+        "/api/v1/users/", json={"email": f"a-{uuid.uuid4().hex[:6]}@x.example", "role": "admin"}
+    )
+    assert new_admin.status_code == 403
+    assert (await client.get("/api/v1/audit/logs")).status_code == 403
+
+    # within their own permissions they administer as usual, members included
+    same = await client.post(
+        "/api/v1/roles/", json={"name": unique("Same"), "permissions": ["admin", "spaces"]}
+    )
+    assert same.status_code == 201
+    member = await client.post("/api/v1/users/", json={"email": f"m-{uuid.uuid4().hex[:6]}@x.example"})
+    assert member.status_code == 201
+    # and an owner may grant anything
+    auditors = await team.owner.client.post(
+        "/api/v1/roles/", json={"name": unique("Auditors"), "permissions": ["audit"]}
+    )
+    assert auditors.status_code == 201

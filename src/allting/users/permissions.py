@@ -31,6 +31,8 @@ PREDEFINED_ROLES: dict[str, dict] = {
         "permissions": list(MEMBER_PERMISSIONS),
     },
 }
+# Permissions beyond a member's: only someone who holds one (or an owner) may hand it out.
+PRIVILEGED_PERMISSIONS = frozenset(PERMISSIONS) - frozenset(MEMBER_PERMISSIONS)
 DEFAULT_ROLE_KEY = "member"
 OWNER_ROLE_KEY = "owner"
 

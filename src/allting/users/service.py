@@ -22,7 +22,12 @@ from allting.platform.security import (
     verify_password_off_loop,
 )
 from allting.users.models import ApiKey, Role, User, UserGroup, UserGroupMember
-from allting.users.permissions import DEFAULT_ROLE_KEY, OWNER_ROLE_KEY, unknown_permissions
+from allting.users.permissions import (
+    DEFAULT_ROLE_KEY,
+    OWNER_ROLE_KEY,
+    PRIVILEGED_PERMISSIONS,
+    unknown_permissions,
+)
 from allting.users.schemas import (
     ApiKeyCreate,
     GroupCreate,
@@ -56,6 +61,19 @@ async def _role(db: AsyncSession, *, role_id: uuid.UUID | None = None, key: str 
 def _check_can_grant(ctx: Ctx, role: Role) -> None:
     if role.key == OWNER_ROLE_KEY and ctx.role_key != OWNER_ROLE_KEY and ctx.actor_type != "sysadmin":
         raise Forbidden("Only an owner can make someone an owner", code="owner_required")
+    _check_within_own_permissions(ctx, role.permissions)
+
+
+def _check_within_own_permissions(ctx: Ctx, permissions: list[str]) -> None:
+    """Nobody but an owner or the operator hands out an administrative permission they lack."""
+    if ctx.actor_type == "sysadmin" or ctx.role_key == OWNER_ROLE_KEY:
+        return
+    if missing := sorted((set(permissions) & PRIVILEGED_PERMISSIONS) - ctx.permissions):
+        raise Forbidden(
+            f"You cannot give permissions you do not have: {', '.join(missing)}",
+            code="permission_escalation",
+            details={"permissions": missing},
+        )
 
 
 async def _ensure_email_free(db: AsyncSession, email: str, *, except_id: uuid.UUID | None = None) -> None:
@@ -321,6 +339,7 @@ async def _ensure_role_name_free(db: AsyncSession, name: str, except_id: uuid.UU
 async def create_role(db: AsyncSession, ctx: Ctx, data: RoleCreate) -> Role:
     ctx.require("admin")
     _check_permissions(data.permissions)
+    _check_within_own_permissions(ctx, data.permissions)
     await _ensure_role_name_free(db, data.name)
     role = Role(name=data.name, description=data.description, permissions=sorted(set(data.permissions)))
     db.add(role)
@@ -350,6 +369,7 @@ async def update_role(db: AsyncSession, ctx: Ctx, role_id: uuid.UUID, data: Role
         role.description = data.description
     if data.permissions is not None:
         _check_permissions(data.permissions)
+        _check_within_own_permissions(ctx, data.permissions)
         changes["permissions"] = {"from": role.permissions, "to": sorted(set(data.permissions))}
         role.permissions = sorted(set(data.permissions))
     await db.flush()
