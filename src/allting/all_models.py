@@ -5,7 +5,7 @@ from allting.assistants.models import Assistant, AssistantApiKey, AssistantPromp
 from allting.audit.models import AuditLog
 from allting.conversations.models import Citation, Conversation, Message
 from allting.files.models import File
-from allting.auth.models import AuthSession
+from allting.auth.models import AuthSession, TenantFederation, UserIdentity
 from allting.jobs.models import Job
 from allting.platform.db import Base
 from allting.spaces.models import Space, SpaceMember
@@ -29,7 +29,9 @@ __all__ = [
     "Job",
     "Role",
     "Tenant",
+    "TenantFederation",
     "User",
     "UserGroup",
     "UserGroupMember",
+    "UserIdentity",
 ]

@@ -7,6 +7,7 @@ from allting.ai import api as ai_api
 from allting.assistants import api as assistants_api
 from allting.audit import api as audit_api
 from allting.auth import api as auth_api
+from allting.auth import sso_api
 from allting.conversations import api as conversations_api
 from allting.files import api as files_api
 from allting.jobs import api as jobs_api
@@ -29,6 +30,8 @@ for module in (
 ):
     api_router.include_router(module.router)
 api_router.include_router(ai_api.sysadmin_router)
+api_router.include_router(sso_api.router)
+api_router.include_router(sso_api.sysadmin_router)
 
 health_router = APIRouter(prefix="/api")
 health_router.include_router(health.router)

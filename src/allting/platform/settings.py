@@ -81,6 +81,19 @@ class Settings(BaseSettings):
 
     tenant_credentials_enabled: bool = False
     federation_per_tenant_enabled: bool = False
+    # Single sign-on (OIDC). Single-tenant mode: one provider from these settings for one tenant
+    # (OIDC_TENANT names it by slug; empty means the first tenant created).
+    oidc_discovery_endpoint: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_tenant: str | None = None
+    oidc_provider_label: str = "Single sign-on"
+    oidc_allowed_domains: str = ""
+    oidc_jit_provisioning: bool = False
+    oidc_default_role: str = "member"
+    # Federation mode: list tenants that have a provider on the public sign-in page (off: found
+    # from the e-mail domain or the tenant slug only).
+    oidc_public_tenant_list: bool = False
     outbound_allowed_networks: str = ""
 
     openai_api_key: str | None = None
@@ -115,6 +128,10 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def oidc_allowed_domain_list(self) -> list[str]:
+        return [d.strip().lower() for d in self.oidc_allowed_domains.split(",") if d.strip()]
 
     @property
     def trusted_proxy_list(self) -> list[str]:
