@@ -7,6 +7,7 @@ from allting.conversations.models import Citation, Conversation, Message
 from allting.files.models import File
 from allting.auth.models import AuthSession, TenantFederation, UserIdentity
 from allting.jobs.models import Job
+from allting.knowledge.models import Chunk, ChunkVector, Collection, CrawlRun, Document, Website
 from allting.platform.db import Base
 from allting.spaces.models import Space, SpaceMember
 from allting.tenants.models import Tenant
@@ -16,7 +17,12 @@ __all__ = [
     "Assistant",
     "AssistantApiKey",
     "AssistantPromptVersion",
+    "Chunk",
+    "ChunkVector",
     "Citation",
+    "Collection",
+    "CrawlRun",
+    "Document",
     "Conversation",
     "File",
     "Message",
@@ -34,4 +40,5 @@ __all__ = [
     "UserGroup",
     "UserGroupMember",
     "UserIdentity",
+    "Website",
 ]
