@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-
 import os
 import signal
 import socket
@@ -96,14 +95,32 @@ def _p(values: list[float], q: float) -> float:
 
 async def _setup(base: str, stub_url: str) -> tuple[str, str]:
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        token = (await client.post("/api/v1/users/login/token/",
-                                   data={"username": EMAIL, "password": PASSWORD})).json()["access_token"]
+        token = (
+            await client.post("/api/v1/users/login/token/", data={"username": EMAIL, "password": PASSWORD})
+        ).json()["access_token"]
         client.headers["Authorization"] = f"Bearer {token}"
-        provider = (await client.post("/api/v1/admin/model-providers/", json={
-            "name": "stub", "provider_type": "vllm", "endpoint": stub_url, "api_key": "sk-bench-key"})).json()
-        await client.post("/api/v1/ai-models/", json={
-            "kind": "completion", "name": "stub-chat", "provider_id": provider["id"], "context_window": 8192,
-            "is_enabled": True, "is_default": True})
+        provider = (
+            await client.post(
+                "/api/v1/admin/model-providers/",
+                json={
+                    "name": "stub",
+                    "provider_type": "vllm",
+                    "endpoint": stub_url,
+                    "api_key": "sk-bench-key",
+                },
+            )
+        ).json()
+        await client.post(
+            "/api/v1/ai-models/",
+            json={
+                "kind": "completion",
+                "name": "stub-chat",
+                "provider_id": provider["id"],
+                "context_window": 8192,
+                "is_enabled": True,
+                "is_default": True,
+            },
+        )
         assistant = (await client.get("/api/v1/spaces/type/personal/")).json()["default_assistant"]["id"]
         return token, assistant
 
@@ -113,26 +130,53 @@ async def main(rounds: int) -> None:
     stub_port, api_port = _free_port(), _free_port()
     stub_url = f"http://127.0.0.1:{stub_port}/v1"
     base = f"http://127.0.0.1:{api_port}"
-    stub = subprocess.Popen([sys.executable, "-m", "allting.testing.stub_llm", "--port", str(stub_port),
-                             "--delay-per-token", "0.005", "--answer", " ".join(["word"] * 40)])
-    env = {**os.environ, "ALLTING_DATA_DIR": str(tmp / "data"), "ALLTING_ADMIN_EMAIL": EMAIL,
-           "ALLTING_ADMIN_PASSWORD": PASSWORD, "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.1/32", "LOG_LEVEL": "WARNING",
-           "LOGIN_MAX_FAILURES_PER_ADDRESS": "100000"}
-    api = subprocess.Popen([sys.executable, "-m", "allting", "serve", "--port", str(api_port), "--no-worker"],
-                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stub = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "allting.testing.stub_llm",
+            "--port",
+            str(stub_port),
+            "--delay-per-token",
+            "0.005",
+            "--answer",
+            " ".join(["word"] * 40),
+        ]
+    )
+    env = {
+        **os.environ,
+        "ALLTING_DATA_DIR": str(tmp / "data"),
+        "ALLTING_ADMIN_EMAIL": EMAIL,
+        "ALLTING_ADMIN_PASSWORD": PASSWORD,
+        "OUTBOUND_ALLOWED_NETWORKS": "127.0.0.1/32",
+        "LOG_LEVEL": "WARNING",
+        "LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
+    }
+    api = subprocess.Popen(
+        [sys.executable, "-m", "allting", "serve", "--port", str(api_port), "--no-worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait(f"{stub_url}/models")
         _wait(f"{base}/api/readyz")
         token, assistant_id = await _setup(base, stub_url)
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-        async with httpx.AsyncClient(timeout=60, limits=limits) as direct_client, httpx.AsyncClient(
-                timeout=60, limits=limits, headers={"Authorization": f"Bearer {token}"}) as api_client:
+        async with (
+            httpx.AsyncClient(timeout=60, limits=limits) as direct_client,
+            httpx.AsyncClient(
+                timeout=60, limits=limits, headers={"Authorization": f"Bearer {token}"}
+            ) as api_client,
+        ):
             for _ in range(3):
                 await _direct(direct_client, stub_url)
                 await _allting(api_client, base, assistant_id)
             print(f"rounds per level: {rounds}")
-            print(f"{'streams':>7} {'direct p50':>10} {'allting p50':>11} {'added p50':>9} {'paired p50':>10} "
-                  f"{'direct p95':>10} {'allting p95':>11} {'thr ratio':>9}")
+            print(
+                f"{'streams':>7} {'direct p50':>10} {'allting p50':>11} {'added p50':>9} {'paired p50':>10} "
+                f"{'direct p95':>10} {'allting p95':>11} {'thr ratio':>9}"
+            )
             for level in LEVELS:
                 direct_all, api_all, paired, direct_time, api_time = [], [], [], 0.0, 0.0
                 for _ in range(rounds):
@@ -143,9 +187,11 @@ async def main(rounds: int) -> None:
                     direct_time += d_elapsed
                     api_time += a_elapsed
                     paired.append(statistics.median(a) * 1000 - statistics.median(d) * 1000)
-                print(f"{level:>7} {_p(direct_all, .5):10.1f} {_p(api_all, .5):11.1f} "
-                      f"{_p(api_all, .5) - _p(direct_all, .5):9.1f} {statistics.median(paired):10.1f} "
-                      f"{_p(direct_all, .95):10.1f} {_p(api_all, .95):11.1f} {direct_time / api_time:9.2f}")
+                print(
+                    f"{level:>7} {_p(direct_all, 0.5):10.1f} {_p(api_all, 0.5):11.1f} "
+                    f"{_p(api_all, 0.5) - _p(direct_all, 0.5):9.1f} {statistics.median(paired):10.1f} "
+                    f"{_p(direct_all, 0.95):10.1f} {_p(api_all, 0.95):11.1f} {direct_time / api_time:9.2f}"
+                )
             idle = _rss_mib(api.pid)
             slow = {"question": "Hello", "assistant_id": assistant_id, "stream": True}
 
@@ -158,8 +204,10 @@ async def main(rounds: int) -> None:
             await asyncio.sleep(0.15)
             busy = _rss_mib(api.pid)
             await asyncio.gather(*tasks)
-            print(f"API RSS idle {idle:.1f} MiB, with 50 open streams {busy:.1f} MiB: "
-                  f"{(busy - idle) * 1024 / 50:.0f} KiB per open stream")
+            print(
+                f"API RSS idle {idle:.1f} MiB, with 50 open streams {busy:.1f} MiB: "
+                f"{(busy - idle) * 1024 / 50:.0f} KiB per open stream"
+            )
     finally:
         for process in (api, stub):
             process.send_signal(signal.SIGTERM)

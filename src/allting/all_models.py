@@ -1,11 +1,10 @@
 """Every ORM model, imported once so the metadata (Alembic, doctor, tests) sees all tables."""
 
-from allting.ai.models import AiModel, Budget, ModelProvider, UsageRecord
 from allting.assistants.models import Assistant, AssistantApiKey, AssistantPromptVersion
 from allting.audit.models import AuditLog
+from allting.auth.models import AuthSession, TenantFederation, UserIdentity
 from allting.conversations.models import Citation, Conversation, Message
 from allting.files.models import File
-from allting.auth.models import AuthSession, TenantFederation, UserIdentity
 from allting.jobs.models import Job
 from allting.knowledge.models import Chunk, ChunkVector, Collection, CrawlRun, Document, Website
 from allting.platform.db import Base
@@ -14,26 +13,26 @@ from allting.tenants.models import Tenant
 from allting.users.models import ApiKey, Role, User, UserGroup, UserGroupMember
 
 __all__ = [
+    "ApiKey",
     "Assistant",
     "AssistantApiKey",
     "AssistantPromptVersion",
+    "AuditLog",
+    "AuthSession",
+    "Base",
     "Chunk",
     "ChunkVector",
     "Citation",
     "Collection",
+    "Conversation",
     "CrawlRun",
     "Document",
-    "Conversation",
     "File",
+    "Job",
     "Message",
+    "Role",
     "Space",
     "SpaceMember",
-    "ApiKey",
-    "AuditLog",
-    "AuthSession",
-    "Base",
-    "Job",
-    "Role",
     "Tenant",
     "TenantFederation",
     "User",

@@ -77,7 +77,7 @@ async def _ensure_roles(owner_dsn: str, settings: Settings, database: str) -> No
         quoted = password.replace("'", "''")
         # Role names are constants and the password is quoted: DDL takes no bind parameters.
         statements.append(
-            f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN "
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN "  # noqa: S608
             f"CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD '{quoted}'; "
             f"ELSE ALTER ROLE {role} PASSWORD '{quoted}'; END IF; END $$;"
         )

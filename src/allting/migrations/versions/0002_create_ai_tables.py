@@ -5,11 +5,11 @@ Revises: 0001
 Create Date: 2026-11-28 19:12:03.576792
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
 
 from allting.platform.tenancy import row_level_security_sql
-from sqlalchemy.dialects import postgresql
 
 revision = "0002"
 down_revision = "0001"

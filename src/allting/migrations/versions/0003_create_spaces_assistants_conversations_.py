@@ -5,11 +5,11 @@ Revises: 0002
 Create Date: 2026-11-28 19:24:53.519374
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
 
 from allting.platform.tenancy import row_level_security_sql
-from sqlalchemy.dialects import postgresql
 
 revision = "0003"
 down_revision = "0002"
