@@ -11,6 +11,7 @@ from allting.auth import sso_api
 from allting.conversations import api as conversations_api
 from allting.files import api as files_api
 from allting.jobs import api as jobs_api
+from allting.knowledge import api as knowledge_api
 from allting.spaces import api as spaces_api
 from allting.sysadmin import api as sysadmin_api
 from allting.users import api as users_api
@@ -26,6 +27,7 @@ for module in (
     assistants_api,
     conversations_api,
     files_api,
+    knowledge_api,
     sysadmin_api,
 ):
     api_router.include_router(module.router)

@@ -256,3 +256,86 @@ def entity_server():
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+# --- Collections, documents and a worker (tests of ingestion and retrieval) -----------------------
+
+
+@pytest.fixture
+async def worker(runtime, monkeypatch):
+    """An in-process SAQ worker with the knowledge tasks registered and quick retries."""
+    import asyncio
+
+    import allting.knowledge.tasks  # noqa: F401  (registers the handlers)
+    import allting.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "RETRY_BASE_SECONDS", 0.05)
+    running = worker_module.build_worker(in_process=True)
+    runner = asyncio.create_task(running.start())
+    yield running
+    running.event.set()
+    await runner
+
+
+async def create_space(client, name: str = "Kunskap") -> dict:
+    response = await client.post("/api/v1/spaces/", json={"name": name})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def create_collection(client, space_id: str, name: str = "Dokument", **fields) -> dict:
+    response = await client.post("/api/v1/collections/", json={"space_id": space_id, "name": name, **fields})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def upload(client, collection_id: str, filename: str, data: bytes, status: int = 202):
+    response = await client.post(
+        f"/api/v1/collections/{collection_id}/documents/", files={"file": (filename, data)}
+    )
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+async def wait_for_document(
+    client, document_id: str, states=("ready", "failed"), timeout: float = 60.0
+) -> dict:
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        response = await client.get(f"/api/v1/documents/{document_id}")
+        assert response.status_code == 200, response.text
+        if response.json()["status"] in states:
+            return response.json()
+        assert asyncio.get_running_loop().time() < deadline, response.json()
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def knowledge():
+    """Helpers for the knowledge API (fixtures, as `conftest` modules cannot be imported by name)."""
+    return SimpleNamespace(
+        create_space=create_space,
+        create_collection=create_collection,
+        upload=upload,
+        wait_for_document=wait_for_document,
+    )
+
+
+@pytest.fixture
+async def space(org) -> dict:
+    return await create_space(org.owner.client)
+
+
+@pytest.fixture
+async def collection(org, space) -> dict:
+    return await create_collection(org.owner.client, space["id"])
+
+
+@pytest.fixture(scope="session")
+def local_model():
+    """The local embedding model, loaded once before the tests that time their jobs."""
+    from allting.ai import local_embeddings
+
+    return local_embeddings.get_model()
