@@ -12,6 +12,7 @@ from allting.platform.db import DbSession
 from allting.platform.errors import Forbidden, Unauthorized
 
 WEB_SESSION_COOKIE = "allting_session"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass
@@ -50,6 +51,17 @@ def correlation_id(request: Request) -> str | None:
     return getattr(request.state, "correlation_id", None)
 
 
+def _check_csrf_header(request: Request) -> None:
+    """A browser's cookie alone never authorises a change: the page must also send its CSRF token."""
+    import hmac
+
+    from allting.web.rendering import CSRF_COOKIE, CSRF_HEADER, csrf_token
+
+    sent = request.headers.get(CSRF_HEADER)
+    if not request.cookies.get(CSRF_COOKIE) or not sent or not hmac.compare_digest(sent, csrf_token(request)):
+        raise Forbidden("The page's security token is missing or stale; reload the page", code="csrf_failed")
+
+
 async def get_ctx(request: Request, db: DbSession) -> Ctx:
     from allting.auth import service as auth_service
 
@@ -66,6 +78,8 @@ async def get_ctx(request: Request, db: DbSession) -> Ctx:
             )
         ctx = await auth_service.authenticate_api_key(db, api_key)
     elif cookie:
+        if request.method not in SAFE_METHODS:
+            _check_csrf_header(request)
         ctx = await auth_service.authenticate_token(db, cookie, purpose="web")
     else:
         raise Unauthorized()
