@@ -23,12 +23,12 @@ def domain_of(org) -> str:
     return f"{org.slug}.example"
 
 
-async def configure_federation(org, provider: OidcProvider, **fields) -> httpx.Response:
+async def configure_federation(org, idp: OidcProvider, **fields) -> httpx.Response:
     body = {
         "provider": "generic",
-        "discovery_endpoint": provider.discovery_url,
-        "client_id": provider.client_id,
-        "client_secret": provider.client_secret,
+        "discovery_endpoint": idp.discovery_url,
+        "client_id": idp.client_id,
+        "client_secret": idp.client_secret,
         "allowed_domains": [domain_of(org)],
         **fields,
     }
