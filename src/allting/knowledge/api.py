@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Response, UploadFile
 from allting.deps import CurrentCtx
 from allting.jobs.models import Job
 from allting.knowledge import parsing, service
+from allting.knowledge import tasks as _tasks  # noqa: F401  (registers the job handlers)
 from allting.knowledge.schemas import (
     CollectionCreate,
     CollectionList,
