@@ -63,10 +63,18 @@ def _stop(process: subprocess.Popen) -> None:
 
 def measure_allting(data_dir: Path) -> tuple[float, float]:
     port = _free_port()
-    env = {**os.environ, "ALLTING_DATA_DIR": str(data_dir), "LOG_LEVEL": "WARNING",
-           "ALLTING_ADMIN_PASSWORD": "benchmark password"}
-    process = subprocess.Popen([sys.executable, "-m", "allting", "serve", "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "ALLTING_DATA_DIR": str(data_dir),
+        "LOG_LEVEL": "WARNING",
+        "ALLTING_ADMIN_PASSWORD": "benchmark password",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "allting", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     started = process.pid
     seconds = _wait_ready(f"http://127.0.0.1:{port}/api/readyz", process)
     time.sleep(2)
@@ -78,8 +86,10 @@ def measure_allting(data_dir: Path) -> tuple[float, float]:
 def measure_baseline(workdir: Path) -> tuple[float, float]:
     (workdir / "baseline_app.py").write_text(BASELINE_APP)
     port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "baseline_app:app", "--port", str(port),
-                                "--log-level", "warning"], cwd=workdir)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "baseline_app:app", "--port", str(port), "--log-level", "warning"],
+        cwd=workdir,
+    )
     seconds = _wait_ready(f"http://127.0.0.1:{port}/api/readyz", process)
     time.sleep(2)
     rss = _rss_mib(process.pid)
@@ -103,12 +113,18 @@ def main() -> None:
     median = statistics.median
     print(f"runs: {RUNS}")
     print(f"{'measure':38} {'allting':>10} {'baseline':>10} {'ratio':>7}")
-    print(f"{'serve → ready, empty data dir (s)':38} {median(empty):10.2f} {median(base_time):10.2f} "
-          f"{median(empty) / median(base_time):7.1f}")
-    print(f"{'serve → ready, existing data dir (s)':38} {median(existing):10.2f} {median(base_time):10.2f} "
-          f"{median(existing) / median(base_time):7.1f}")
-    print(f"{'API process RSS at idle (MiB)':38} {median(rss):10.1f} {median(base_rss):10.1f} "
-          f"{median(rss) / median(base_rss):7.1f}")
+    print(
+        f"{'serve → ready, empty data dir (s)':38} {median(empty):10.2f} {median(base_time):10.2f} "
+        f"{median(empty) / median(base_time):7.1f}"
+    )
+    print(
+        f"{'serve → ready, existing data dir (s)':38} {median(existing):10.2f} {median(base_time):10.2f} "
+        f"{median(existing) / median(base_time):7.1f}"
+    )
+    print(
+        f"{'API process RSS at idle (MiB)':38} {median(rss):10.1f} {median(base_rss):10.1f} "
+        f"{median(rss) / median(base_rss):7.1f}"
+    )
 
 
 if __name__ == "__main__":

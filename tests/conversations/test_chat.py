@@ -323,11 +323,19 @@ async def test_a_browser_session_cookie_alone_cannot_change_anything(chat_org, a
     """Cross-site requests carry the cookie but not the page's CSRF token, so they are refused."""
     from allting.auth import service as auth_service
 
-    issued = await auth_service.login(chat_org.owner.email, chat_org.owner.password, tenant_slug=None,
-                                      client_address=None, user_agent=None, correlation_id=None, kind="web")
+    issued = await auth_service.login(
+        chat_org.owner.email,
+        chat_org.owner.password,
+        tenant_slug=None,
+        client_address=None,
+        user_agent=None,
+        correlation_id=None,
+        kind="web",
+    )
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t",
-                                 cookies={"allting_session": issued.access_token}) as browser:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://t", cookies={"allting_session": issued.access_token}
+    ) as browser:
         assert (await browser.get("/api/v1/users/me/")).status_code == 200
         refused = await browser.post("/api/v1/spaces/", json={"name": "Forged"})
         assert refused.status_code == 403 and refused.json()["code"] == "csrf_failed"
