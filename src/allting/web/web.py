@@ -91,8 +91,34 @@ def _safe_next(value: str | None) -> str:
 
 
 @router.get("/login", response_class=HTMLResponse)
-async def login_page(request: Request, next: str | None = None):
-    return render(request, "web/login.html", {"next": _safe_next(next), "error": None, "email": ""})
+async def login_page(request: Request, next: str | None = None, tenant: str | None = None):
+    return render(
+        request,
+        "web/login.html",
+        {
+            "next": _safe_next(next),
+            "error": None,
+            "email": "",
+            "identity_providers": await _identity_providers(tenant, next),
+        },
+    )
+
+
+async def _identity_providers(tenant: str | None, next_path: str | None) -> list[dict]:
+    """One button per configured single sign-on provider, each returning to `next` after sign-in."""
+    from urllib.parse import quote
+
+    from allting.auth import sso
+
+    buttons = (await sso.list_providers(tenant[:63] if tenant else None))["providers"]
+    back = quote(_safe_next(next_path))
+    return [
+        {
+            "name": button["label"],
+            "url": button["start_url"] + ("&" if "?" in button["start_url"] else "?") + f"next={back}",
+        }
+        for button in buttons
+    ]
 
 
 @router.post("/login", dependencies=[Csrf])
