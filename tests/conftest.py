@@ -18,7 +18,7 @@ import pytest
 
 _DATA_DIR = Path(os.environ.get("ALLTING_TEST_DATA_DIR") or tempfile.mkdtemp(prefix="allting-test-"))
 os.environ["ALLTING_DATA_DIR"] = str(_DATA_DIR)
-os.environ.setdefault("LOG_FORMAT", "console")
+os.environ.setdefault("LOG_FORMAT", "json")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 # The stub LLM, the test OpenID provider and the test website listen on loopback, which the
 # outbound guard refuses unless the operator lists it: the tests list it explicitly.
@@ -29,14 +29,33 @@ for name in ("DATABASE_URL", "REDIS_URL"):
     else:
         os.environ.pop(name, None)
 
+from allting.platform.logging import configure_logging  # noqa: E402
 from allting.platform.settings import get_settings  # noqa: E402
 
 get_settings.cache_clear()
+# The application's own log set-up, so the secret scrubbing runs in tests too.
+configure_logging(os.environ["LOG_LEVEL"], os.environ["LOG_FORMAT"])
 
 
 @pytest.fixture(scope="session")
 def settings():
     return get_settings()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cheap_password_hashing():
+    """argon2id at minimal cost while the tests run (as Django's tests swap in a fast hasher): the
+    production parameters cost about 0.25 s per hash. Yields the production hasher, whose parameters
+    tests/auth checks on their own."""
+    from argon2 import PasswordHasher
+
+    from allting.platform import security
+
+    production = security._hasher, security._DUMMY_HASH
+    security._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    security._DUMMY_HASH = security._hasher.hash("not a password of anyone")
+    yield production[0]
+    security._hasher, security._DUMMY_HASH = production
 
 
 @pytest.fixture(scope="session")

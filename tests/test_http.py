@@ -8,24 +8,12 @@ import uuid
 
 import httpx
 import pytest
-from argon2 import PasswordHasher
 from fastapi import Request
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from allting.main import create_app
-from allting.platform import security
 
 ERROR_KEYS = {"code", "message", "details", "correlation_id"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cheap_password_hashing():
-    """argon2id with minimal cost while these tests run; tests/auth checks the production parameters."""
-    production = security._hasher, security._DUMMY_HASH
-    security._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    security._DUMMY_HASH = security._hasher.hash("not a password of anyone")
-    yield
-    security._hasher, security._DUMMY_HASH = production
 
 
 def error_of(response: httpx.Response) -> dict:

@@ -12,12 +12,10 @@ import uuid
 import asyncpg
 import httpx
 import pytest
-from argon2 import PasswordHasher
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from allting.jobs.models import Job
-from allting.platform import security
 from allting.platform.db import APP_ROLE, app_engine, new_session, system_transaction, transaction
 from allting.platform.tenancy import CrossTenantWrite, set_tenant, tenant_tables
 from allting.users.models import UserGroup
@@ -36,16 +34,6 @@ FILLED = {
     "jobs",
     "audit_logs",
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cheap_password_hashing():
-    """argon2id with minimal cost while these tests run; tests/auth checks the production parameters."""
-    production = security._hasher, security._DUMMY_HASH
-    security._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    security._DUMMY_HASH = security._hasher.hash("not a password of anyone")
-    yield
-    security._hasher, security._DUMMY_HASH = production
 
 
 async def _fill_tenant(app, sysadmin: httpx.AsyncClient) -> uuid.UUID:

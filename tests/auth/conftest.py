@@ -14,9 +14,6 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from argon2 import PasswordHasher
-
-from allting.platform import security
 
 PASSWORD = "a-long-enough-password"
 
@@ -99,17 +96,3 @@ async def organisation(app, settings):
 def client_at(organisation):
     """A client from a fresh address (or the one given), closed with the module."""
     return organisation.client
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cheap_password_hashing():
-    """argon2id with minimal cost while these tests run (as Django's tests swap in a fast hasher).
-
-    The production parameters cost about 0.25 s per hash or sign-in; they are checked on their own
-    by test_production_password_hashing_is_argon2id_with_owasp_parameters. Yields the real hasher.
-    """
-    production = security._hasher, security._DUMMY_HASH
-    security._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    security._DUMMY_HASH = security._hasher.hash("not a password of anyone")
-    yield production[0]
-    security._hasher, security._DUMMY_HASH = production

@@ -740,6 +740,8 @@ async def set_budget(
         raise Invalid("A tenant budget has no scope id; space and user budgets need one", field="scope_id")
     if data.monthly_tokens is None and data.monthly_cost is None:
         raise Invalid("Give a monthly token limit, a monthly cost limit, or both", field="monthly_tokens")
+    if scope_id is not None:
+        await _check_budget_scope(db, scope, scope_id)
     budget = await db.scalar(
         select(Budget).where(
             Budget.scope == scope,
@@ -766,6 +768,20 @@ async def set_budget(
         },
     )
     return budget
+
+
+async def _check_budget_scope(db: AsyncSession, scope: str, scope_id: uuid.UUID) -> None:
+    """The space or user a budget is for must exist in this tenant (else 404, like any unknown id)."""
+    from allting.spaces.models import Space
+    from allting.users.models import User
+
+    if scope == "space" and await db.get(Space, scope_id) is None:
+        raise NotFound("Space not found")
+    if (
+        scope == "user"
+        and await db.scalar(select(User.id).where(User.id == scope_id, User.deleted_at.is_(None))) is None
+    ):
+        raise NotFound("User not found")
 
 
 async def delete_budget(db: AsyncSession, ctx: Ctx, budget_id: uuid.UUID) -> None:
