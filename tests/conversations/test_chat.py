@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 
 import httpx
 from sqlalchemy import select
+from sse_client import read_sse
 
 from allting.ai.models import UsageRecord
 from allting.conversations.models import Message
 from allting.platform.db import system_transaction
-
-
-async def read_sse(response: httpx.Response) -> list[tuple[str | None, dict]]:
-    events, name, data = [], None, []
-    async for line in response.aiter_lines():
-        if line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
-        elif line == "" and data:
-            events.append((name, json.loads("\n".join(data))))
-            name, data = None, []
-    return events
 
 
 async def personal_assistant(client) -> str:
