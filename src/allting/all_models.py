@@ -1,5 +1,6 @@
 """Every ORM model, imported once so the metadata (Alembic, doctor, tests) sees all tables."""
 
+from allting.ai.models import AiModel, Budget, ModelProvider, UsageRecord
 from allting.assistants.models import Assistant, AssistantApiKey, AssistantPromptVersion
 from allting.audit.models import AuditLog
 from allting.auth.models import AuthSession, TenantFederation, UserIdentity
@@ -13,6 +14,7 @@ from allting.tenants.models import Tenant
 from allting.users.models import ApiKey, Role, User, UserGroup, UserGroupMember
 
 __all__ = [
+    "AiModel",
     "ApiKey",
     "Assistant",
     "AssistantApiKey",
@@ -20,6 +22,7 @@ __all__ = [
     "AuditLog",
     "AuthSession",
     "Base",
+    "Budget",
     "Chunk",
     "ChunkVector",
     "Citation",
@@ -30,11 +33,13 @@ __all__ = [
     "File",
     "Job",
     "Message",
+    "ModelProvider",
     "Role",
     "Space",
     "SpaceMember",
     "Tenant",
     "TenantFederation",
+    "UsageRecord",
     "User",
     "UserGroup",
     "UserGroupMember",
