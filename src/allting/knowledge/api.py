@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Response, UploadFile
 
 from allting.deps import CurrentCtx
 from allting.jobs.models import Job
-from allting.knowledge import parsing, service
+from allting.knowledge import parsing, retrieval, service
 from allting.knowledge import tasks as _tasks  # noqa: F401  (registers the job handlers)
 from allting.knowledge.schemas import (
     CollectionCreate,
@@ -20,6 +20,9 @@ from allting.knowledge.schemas import (
     DocumentRead,
     EmbeddingModelRef,
     JobPublic,
+    PassageRead,
+    SearchRequest,
+    SearchResponse,
     TextDocumentCreate,
 )
 from allting.platform.db import DbSession
@@ -135,6 +138,17 @@ async def update_collection(
 async def delete_collection(collection_id: uuid.UUID, db: DbSession, ctx: CurrentCtx) -> Response:
     await service.delete_collection(db, ctx, collection_id)
     return Response(status_code=204)
+
+
+@router.post("/collections/{collection_id}/search/", response_model=SearchResponse)
+async def search_collection(
+    collection_id: uuid.UUID, data: SearchRequest, db: DbSession, ctx: CurrentCtx
+) -> SearchResponse:
+    collection, _ = await service.get_collection_for(db, ctx, collection_id, "read")
+    passages = await retrieval.search(
+        db, ctx, collection_ids=[collection.id], query=data.query, limit=data.limit
+    )
+    return SearchResponse(items=[PassageRead.model_validate(p) for p in passages], count=len(passages))
 
 
 # --- Documents ------------------------------------------------------------------------------------

@@ -1,0 +1,337 @@
+"""Hybrid retrieval: vector search and PostgreSQL full text, fused by reciprocal rank.
+
+`search(db, ctx, collection_ids=..., website_ids=..., query=..., limit=...)` is what assistants
+call. It searches only the collections and websites it is given, and row-level security (plus
+the explicit tenant predicate) keeps it inside the caller's tenant; unknown ids and another
+tenant's ids simply contribute nothing. It does not check space roles: deciding which knowledge
+an assistant may use is the caller's job (the HTTP search endpoint checks the collection).
+
+Vectors. Sources are grouped by embedding model and the question is embedded once per model.
+Each group is searched in one of two ways, chosen from how many passages the group holds (the sum
+of its documents' chunk counts, which costs one small aggregate):
+- exact: up to `EXACT_SEARCH_MAX` passages, a scan of the group's rows through the
+  (tenant, source, dims) index, sorted by distance. Exact by construction, and fast at this size.
+- HNSW: above that, the partial index of the vector's dimension, with pgvector's iterative scan
+  (`hnsw.iterative_scan = relaxed_order`, `ef_search` and `max_scan_tuples` raised) so that the
+  tenant and source filters, which HNSW applies after the scan, still leave enough rows; the
+  candidates are re-sorted by exact distance. Groups whose dimension has no index are searched exactly.
+
+Full text. The `tsv` column holds the heading and the text under both the Swedish and the English
+stemmer. A question with "quoted phrases" is matched strictly (websearch syntax, phrases in order);
+any other question matches passages containing any of its words, ranked by cover density, so a
+rare exact term (a case number, a name) finds its passage even when vectors do not.
+
+Fusion. Reciprocal rank fusion, score = sum over lists of 1 / (60 + rank): robust to the lists'
+incomparable scales, and a passage found by both rises to the top.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.types import Uuid
+
+from allting.ai import gateway
+from allting.ai import service as ai_service
+from allting.ai.errors import ProviderError
+from allting.deps import Ctx
+from allting.knowledge.models import INDEXED_DIMENSIONS, Chunk, Collection, Document, Website
+from allting.platform.errors import AppError, TooManyRequests
+from allting.platform.logging import get_logger
+from allting.platform.tenancy import current_tenant
+
+log = get_logger(__name__)
+
+# Groups of up to this many passages are scanned exactly (about 4 ms at 1.6 µs per 384-d row).
+EXACT_SEARCH_MAX = 2_500
+RRF_K = 60
+MAX_LIMIT = 100
+HNSW_EF_SEARCH = 64
+HNSW_MIN_CANDIDATES = 40
+HNSW_ITERATIVE_SCAN = "relaxed_order"
+HNSW_MAX_SCAN_TUPLES = 50_000
+_QUOTED = re.compile(r'"[^"]+"')
+_UUIDS = ARRAY(Uuid())
+
+
+@dataclass(frozen=True)
+class Passage:
+    chunk_id: uuid.UUID
+    document_id: uuid.UUID
+    collection_id: uuid.UUID | None
+    website_id: uuid.UUID | None
+    title: str
+    text: str
+    page: int | None
+    heading: str | None
+    url: str | None
+    score: float
+
+
+@dataclass
+class _Source:
+    id: uuid.UUID
+    model_id: uuid.UUID | None
+    chunks: int = 0
+
+
+async def search(
+    db: AsyncSession,
+    ctx: Ctx,
+    *,
+    collection_ids: list[uuid.UUID],
+    website_ids: list[uuid.UUID] = (),
+    query: str,
+    limit: int = 8,
+) -> list[Passage]:
+    """The passages of the given collections and websites that best answer `query`, best first."""
+    query = query.strip()
+    if not query or not (collection_ids or website_ids):
+        return []
+    limit = max(1, min(limit, MAX_LIMIT))
+    sources = await _sources(db, list(collection_ids), list(website_ids))
+    if not sources:
+        return []
+    candidates = max(limit * 3, 20)
+    ranked: list[list[uuid.UUID]] = []
+    groups: dict[uuid.UUID, list[_Source]] = defaultdict(list)
+    for source in sources:
+        if source.model_id is not None and source.chunks:
+            groups[source.model_id].append(source)
+    for model_id, group in groups.items():
+        vector = await embed_query(db, ctx, model_id, query)
+        if vector is None:
+            continue
+        hits = await vector_search(
+            db,
+            source_ids=[source.id for source in group],
+            model_id=model_id,
+            vector=vector,
+            k=candidates,
+            total_chunks=sum(source.chunks for source in group),
+        )
+        ranked.append([chunk_id for chunk_id, _ in hits])
+    ranked.append(await text_search(db, [source.id for source in sources], query, candidates))
+    fused = fuse(ranked)[:limit]
+    return await _passages(db, fused)
+
+
+def fuse(ranked_lists: Sequence[Sequence[uuid.UUID]]) -> list[tuple[uuid.UUID, float]]:
+    """Reciprocal rank fusion of ranked id lists, best first."""
+    scores: dict[uuid.UUID, float] = defaultdict(float)
+    for ranked in ranked_lists:
+        for rank, chunk_id in enumerate(ranked, start=1):
+            scores[chunk_id] += 1.0 / (RRF_K + rank)
+    return sorted(scores.items(), key=lambda item: item[1], reverse=True)
+
+
+async def _sources(
+    db: AsyncSession, collection_ids: list[uuid.UUID], website_ids: list[uuid.UUID]
+) -> list[_Source]:
+    """The given sources that exist in this tenant, with their model and passage counts."""
+    sources: dict[uuid.UUID, _Source] = {}
+    if collection_ids:
+        for source_id, model_id in await db.execute(
+            select(Collection.id, Collection.embedding_model_id).where(Collection.id.in_(collection_ids))
+        ):
+            sources[source_id] = _Source(source_id, model_id)
+    if website_ids:
+        for source_id, model_id in await db.execute(
+            select(Website.id, Website.embedding_model_id).where(Website.id.in_(website_ids))
+        ):
+            sources[source_id] = _Source(source_id, model_id)
+    if not sources:
+        return []
+    ids = list(sources)
+    counts = await db.execute(
+        select(Document.collection_id, Document.website_id, Document.chunk_count).where(
+            Document.collection_id.in_(ids) | Document.website_id.in_(ids), Document.chunk_count > 0
+        )
+    )
+    for collection_id, website_id, chunk_count in counts:
+        sources[collection_id or website_id].chunks += chunk_count
+    return list(sources.values())
+
+
+async def embed_query(db: AsyncSession, ctx: Ctx, model_id: uuid.UUID, query: str) -> list[float] | None:
+    """The question as a vector of the model, or None (with a log line) when the model cannot be used."""
+    try:
+        prepared = await ai_service.prepare_call(db, ctx, model_id, kind="embedding")
+    except TooManyRequests:
+        raise
+    except AppError as exc:
+        log.warning("knowledge.query_model_unusable", model_id=str(model_id), reason=exc.message)
+        return None
+    try:
+        vectors = await gateway.embed(prepared.target, [query], batch_size=1)
+    except ProviderError as exc:
+        log.warning("knowledge.query_embedding_failed", model_id=str(model_id), error=exc.code)
+        return None
+    if prepared.model.provider_type != "local":
+        await ai_service.record_usage(
+            db,
+            ctx,
+            prepared.model,
+            gateway.Usage(prompt_tokens=max(1, len(query.split())), completion_tokens=0, estimated=True),
+            target=prepared.target,
+            latency_ms=None,
+        )
+    return vectors[0]
+
+
+def _vector_literal(vector: Sequence[float]) -> str:
+    return "[" + ",".join(repr(float(value)) for value in vector) + "]"
+
+
+async def vector_search(
+    db: AsyncSession,
+    *,
+    source_ids: list[uuid.UUID],
+    model_id: uuid.UUID,
+    vector: Sequence[float],
+    k: int,
+    total_chunks: int,
+    exact: bool | None = None,
+) -> list[tuple[uuid.UUID, float]]:
+    """(chunk id, cosine distance) of the k nearest passages among the sources, nearest first.
+
+    `exact` forces one strategy (benchmarks and tests); by default small groups are scanned exactly.
+    """
+    dims = len(vector)
+    kind = INDEXED_DIMENSIONS.get(dims)
+    if exact is None:
+        exact = kind is None or total_chunks <= EXACT_SEARCH_MAX
+    params = {
+        "vector": _vector_literal(vector),
+        "tenant": current_tenant(db),
+        "sources": source_ids,
+        "model": model_id,
+        "k": k,
+    }
+    if exact:
+        rows = await db.execute(_vector_sql(dims, kind or "vector", exact=True), params)
+        return [(row.id, float(row.distance)) for row in rows]
+    await _hnsw_settings(db)
+    # HNSW hands out candidates only roughly in order; asking for more than needed and sorting
+    # them exactly keeps the true top k when a filter leaves few rows near the question.
+    params["k"] = max(k, HNSW_MIN_CANDIDATES)
+    rows = await db.execute(_vector_sql(dims, kind, exact=False), params)
+    return [(row.id, float(row.distance)) for row in rows][:k]
+
+
+async def _hnsw_settings(db: AsyncSession) -> None:
+    """Iterative index scans for the rest of this transaction (set_config(..., true) ends with it)."""
+    transaction = db.sync_session.get_transaction()
+    if db.info.get("hnsw_settings_for") is transaction:
+        return
+    await db.execute(
+        text(
+            "SELECT set_config('hnsw.iterative_scan', :mode, true), set_config('hnsw.ef_search', :ef, true), "
+            "set_config('hnsw.max_scan_tuples', :tuples, true)"
+        ),
+        {"mode": HNSW_ITERATIVE_SCAN, "ef": str(HNSW_EF_SEARCH), "tuples": str(HNSW_MAX_SCAN_TUPLES)},
+    )
+    db.info["hnsw_settings_for"] = transaction
+
+
+def _vector_sql(dims: int, kind: str, *, exact: bool):
+    """The nearest-neighbour statement; only an int and a type name from INDEXED_DIMENSIONS are spliced in."""
+    # The question's vector is an InitPlan, parsed once: a cast of the parameter written inline
+    # would be parsed again for every row once the server switches to a generic plan.
+    distance = f"(embedding::{kind}({dims})) <=> (SELECT CAST(CAST(:vector AS text) AS {kind}({dims})))"
+    where = (
+        f"dims = {dims} AND tenant_id = :tenant AND source_id = ANY(:sources) AND embedding_model_id = :model"
+    )
+    if exact:
+        # OFFSET 0 keeps the planner from walking the HNSW index: this reads the group's rows.
+        sql = (
+            f"SELECT id, distance FROM (SELECT id, {distance} AS distance FROM chunk_vectors "  # noqa: S608
+            f"WHERE {where} OFFSET 0) AS candidates ORDER BY distance LIMIT :k"
+        )
+    else:
+        # Relaxed order is faster than strict; the outer ORDER BY restores the exact order.
+        sql = (
+            f"WITH candidates AS MATERIALIZED (SELECT id, {distance} AS distance "  # noqa: S608
+            f"FROM chunk_vectors WHERE {where} ORDER BY {distance} LIMIT :k) "
+            "SELECT id, distance FROM candidates ORDER BY distance"
+        )
+    return text(sql).bindparams(bindparam("sources", type_=_UUIDS))
+
+
+# The question's words under both stemmers, OR-ed. A word that either language drops as a stop
+# word is left out altogether: the Swedish half of every tsv holds English stop words ("the",
+# "to") and the English half Swedish ones ("och", "att"), which would otherwise match everything.
+# Quotes, backslashes and colons are dropped so each lexeme can be a quoted tsquery operand.
+_ANY_WORD = (
+    "(SELECT to_tsquery('simple', string_agg(DISTINCT '''' || lexeme || '''', ' | ')) FROM ("
+    "SELECT regexp_replace(l, '[''\\\\:]', '', 'g') AS lexeme "
+    "FROM ts_debug('swedish', :query) WITH ORDINALITY "
+    "AS s(alias, description, token, dictionaries, dictionary, lexemes, n) "
+    "JOIN ts_debug('english', :query) WITH ORDINALITY "
+    "AS e(alias, description, token, dictionaries, dictionary, lexemes, n) USING (n), "
+    "unnest(s.lexemes || e.lexemes) AS l "
+    "WHERE cardinality(s.lexemes) > 0 AND cardinality(e.lexemes) > 0) AS words WHERE lexeme <> '')"
+)
+_PHRASES = "(websearch_to_tsquery('swedish', :query) || websearch_to_tsquery('english', :query))"
+
+
+async def text_search(db: AsyncSession, source_ids: list[uuid.UUID], query: str, k: int) -> list[uuid.UUID]:
+    """Chunk ids matching the question's words (or its quoted phrases), best ranked first."""
+    tsquery = _PHRASES if _QUOTED.search(query) else _ANY_WORD
+    statement = text(
+        f"SELECT c.id FROM chunks AS c, (SELECT {tsquery} AS query) AS q "  # noqa: S608 - constants only
+        "WHERE c.tenant_id = :tenant AND c.source_id = ANY(:sources) AND q.query IS NOT NULL "
+        "AND c.tsv @@ q.query ORDER BY ts_rank_cd(c.tsv, q.query) DESC, c.id LIMIT :k"
+    ).bindparams(bindparam("sources", type_=_UUIDS))
+    rows = await db.execute(
+        statement, {"query": query, "tenant": current_tenant(db), "sources": source_ids, "k": k}
+    )
+    return [row.id for row in rows]
+
+
+async def _passages(db: AsyncSession, fused: list[tuple[uuid.UUID, float]]) -> list[Passage]:
+    if not fused:
+        return []
+    rows = await db.execute(
+        select(
+            Chunk.id,
+            Chunk.document_id,
+            Chunk.collection_id,
+            Chunk.website_id,
+            Chunk.text,
+            Chunk.page,
+            Chunk.heading,
+            Document.title,
+            Document.url,
+        )
+        .join(Document, Document.id == Chunk.document_id)
+        .where(Chunk.id.in_([chunk_id for chunk_id, _ in fused]))
+    )
+    by_id = {row.id: row for row in rows}
+    passages = []
+    for chunk_id, score in fused:
+        row = by_id.get(chunk_id)
+        if row is None:
+            continue
+        passages.append(
+            Passage(
+                chunk_id=row.id,
+                document_id=row.document_id,
+                collection_id=row.collection_id,
+                website_id=row.website_id,
+                title=row.title,
+                text=row.text,
+                page=row.page,
+                heading=row.heading,
+                url=row.url,
+                score=round(score, 6),
+            )
+        )
+    return passages
