@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 POSTGRES_VERSION = 16
 DATABASE_NAME = "allting"
 OWNER_ROLE = "allting_owner"
+START_ATTEMPTS = 3
 
 
 @dataclass
@@ -74,7 +75,19 @@ def start_postgres(services: EmbeddedServices) -> None:
     pgdata.mkdir(parents=True, exist_ok=True)
     already_running = (info := PostmasterInfo.read_from_pgdata(pgdata)) is not None and info.is_running()
     server = PostgresServer(pgdata, cleanup_mode=None, postgres_version=POSTGRES_VERSION)
-    server.start()
+    for attempt in range(START_ATTEMPTS):
+        try:
+            server.start()
+            break
+        except subprocess.SubprocessError as exc:
+            # Right after another process stopped it, or on a starved machine, a start can fail once.
+            if attempt == START_ATTEMPTS - 1:
+                log_tail = (
+                    (pgdata / "log").read_text(errors="replace")[-2000:] if (pgdata / "log").exists() else ""
+                )
+                raise RuntimeError(f"embedded PostgreSQL did not start; its log ends:\n{log_tail}") from exc
+            log.warning("embedded postgres did not start; trying again")
+            time.sleep(1 + attempt)
     services.postgres = server
     services.postgres_started_here = not already_running
     services.postgres_socket_dir = Path(server.get_postmaster_info().socket_dir)
