@@ -290,3 +290,30 @@ def test_provider_model_and_secret_rotation_commands(tmp_path):
     )
     assert rotated.returncode == 0, rotated.stderr
     assert json.loads(rotated.stdout) == {"provider_keys": 1}
+
+
+def test_serve_uses_external_postgres_and_redis_by_url(runtime, tmp_path):
+    """With DATABASE_URL and REDIS_URL set, no embedded server starts and the given ones are used."""
+    from cryptography.fernet import Fernet
+
+    secrets = {
+        name: f"{name.lower()}-" + "s" * 40
+        for name in ("JWT_SECRET", "SYSADMIN_API_KEY", "DATABASE_APP_PASSWORD", "DATABASE_SYSTEM_PASSWORD")
+    }
+    data_dir = tmp_path / "unused"
+    server = Server(
+        data_dir,
+        DATABASE_URL=runtime.urls.owner,
+        REDIS_URL=runtime.redis_url,
+        ENCRYPTION_KEY=Fernet.generate_key().decode(),
+        **secrets,
+    )
+    server.wait_healthy()
+    tenants = httpx.get(
+        f"{server.url}/api/v1/sysadmin/tenants/",
+        headers={"X-API-Key": secrets["SYSADMIN_API_KEY"]},
+        timeout=10,
+    )
+    assert tenants.status_code == 200 and tenants.json()["count"] >= 1
+    server.stop()
+    assert not (data_dir / "postgres").exists() and not (data_dir / "redis").exists()
