@@ -220,6 +220,7 @@ def render(
         "page": page,
         "csrf_token": csrf_token(request),
         "flash": take_flash(request),
+        "error_messages": _client_error_messages(page.language),
         **(context or {}),
     }
     html = env.get_template(template).render(values)
@@ -228,6 +229,12 @@ def render(
     if getattr(request.state, "clear_flash", False):
         response.delete_cookie(FLASH_COOKIE, path="/")
     return response
+
+
+def _client_error_messages(language: str) -> dict[str, str]:
+    from allting.web.errors import client_messages
+
+    return client_messages(language)
 
 
 def take_flash(request: Request) -> dict | None:

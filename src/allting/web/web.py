@@ -76,9 +76,58 @@ def done(request: Request, url: str, text: str | None = None, kind: str = "ok") 
     return response
 
 
+# Service errors with a known code have a message in the catalog (see allting.web.errors).
+
+
+def _(message: str) -> str:  # marks the service error messages for extraction; translated when shown
+    return message
+
+
+ERROR_MESSAGES: dict[str, str] = {
+    "model_unavailable": _("The AI model is not available right now. Try again later or pick another model."),
+    "no_model": _("No AI model is available here. Ask an administrator to add and enable one."),
+    "no_embedding_model": _("No embedding model is enabled, so documents cannot be indexed yet."),
+    "budget_exceeded": _("The token budget for this month is used up. Ask an administrator to raise it."),
+    "quota_exceeded": _("The storage quota is used up."),
+    "login_throttled": _("Too many sign-in attempts. Wait a moment and try again."),
+    "login_failed": _("Wrong e-mail address or password."),
+    "account_disabled": _("This account is disabled."),
+    "csrf_failed": _("The page had expired. Reload it and try again."),
+    "document_unreadable": _("The document could not be read. It may be damaged, empty or protected."),
+    "unsupported_media_type": _("This file type is not supported."),
+    "payload_too_large": _("The file is too large."),
+    "duplicate_document": _("This document is already in the collection."),
+    "permission_denied": _("You do not have permission to do that."),
+    "space_permission_denied": _("You do not have permission to do that in this space."),
+    "forbidden": _("You do not have permission to do that."),
+    "not_found": _("It was not found. It may have been removed."),
+    "rate_limited": _("Too many requests. Wait a moment and try again."),
+    "provider_auth": _("The AI provider refused the key. Check the key in the provider settings."),
+    "provider_unavailable": _("The AI provider could not be reached. Try again later."),
+    "provider_rate_limited": _("The AI provider is busy. Try again in a moment."),
+    "provider_quota": _("The account at the AI provider has run out of quota."),
+    "context_too_long": _("The conversation is too long for the model. Start a new conversation."),
+    "weak_password": _("The password is too weak. Choose a longer one."),
+    "wrong_password": _("The current password is wrong."),
+    "invitation_invalid": _("The invitation link is invalid or has expired."),
+    "email_taken": _("That e-mail address is already in use."),
+    "group_exists": _("A group with that name already exists."),
+    "role_exists": _("A role with that name already exists."),
+    "role_in_use": _("The role is in use and cannot be removed."),
+    "permission_escalation": _("You cannot hand out permissions you do not hold yourself."),
+    "last_owner": _("The last owner cannot be removed or demoted."),
+    "last_space_admin": _("A space needs at least one administrator."),
+    "already_member": _("That person is already a member."),
+    "egress_blocked": _("The address is not allowed."),
+    "session_ended": _("Your session has ended. Sign in again."),
+}
+del _
+
+
 def error_text(request: Request, exc: AppError) -> str:
-    _ = gettext_for(page_for(request).language)
-    return _(exc.message)
+    from allting.web.errors import error_message
+
+    return error_message(page_for(request).language, exc)
 
 
 def _safe_next(value: str | None) -> str:

@@ -8,6 +8,17 @@
   }
   window.AlltingCsrf = csrfToken;
 
+  // A JSON API error in the page's language: known codes have a translated message.
+  var errorMessages = null;
+  window.AlltingErrorText = function (error, fallback) {
+    if (errorMessages === null) {
+      try { errorMessages = JSON.parse(document.body.getAttribute("data-error-messages") || "{}"); }
+      catch (e) { errorMessages = {}; }
+    }
+    error = error || {};
+    return (error.code && errorMessages[error.code]) || error.message || (fallback === undefined ? "" : String(fallback));
+  };
+
   // htmx requests carry the CSRF token of the page.
   document.addEventListener("htmx:configRequest", function (event) {
     event.detail.headers["X-CSRF-Token"] = csrfToken();

@@ -227,7 +227,7 @@
     }).then(function (response) {
       if (!response.ok) {
         return response.json().catch(function () { return {}; }).then(function (error) {
-          end(t("failed") + " " + (error.message || response.status), true);
+          end(t("failed") + " " + window.AlltingErrorText(error, response.status), true);
         });
       }
       var reader = response.body.getReader();
@@ -318,7 +318,7 @@
           return response.json().then(function (json) { return { ok: response.ok, json: json }; });
         }).then(function (result) {
           if (!result.ok) {
-            item.textContent = t("upload-failed") + " " + file.name + ": " + (result.json.message || "");
+            item.textContent = t("upload-failed") + " " + file.name + ": " + window.AlltingErrorText(result.json, "");
             item.classList.add("error-text");
             return;
           }

@@ -1,6 +1,7 @@
-// A space's knowledge tab: collections, drag-and-drop upload and live document status.
-// Status follows the JSON API; while documents are in progress the list refreshes itself and
-// keeps retrying through a lost connection.
+// A space's knowledge tab: collections, drag-and-drop upload, live document status and search.
+// Document progress is pushed over the WebSocket (WS /api/v1/ws, authenticated by the session
+// cookie): no polling while the socket is up. When the connection is lost the page says so and
+// reconnects with a growing delay, then reloads the lists once to catch up on what it missed.
 (function () {
   "use strict";
 
@@ -10,8 +11,12 @@
   var canEdit = root.getAttribute("data-can-edit") === "true";
   var t = function (key) { return root.getAttribute("data-t-" + key) || key; };
   var status = document.getElementById("knowledge-status");
-  var timer = null;
-  var failures = 0;
+  var connection = document.getElementById("knowledge-connection");
+  var jobs = {};          // job id → collection section holding its document
+  var socket = null;
+  var attempts = 0;
+  var retryTimer = null;
+  var countdownTimer = null;
 
   function headers(json) {
     var h = { "X-CSRF-Token": window.AlltingCsrf() };
@@ -25,6 +30,13 @@
     return node;
   }
   function announce(text) { if (status) status.textContent = text; }
+  function showConnection(text, kind) {
+    if (!connection) return;
+    connection.textContent = text;
+    connection.hidden = !text;
+    connection.className = "connection-status" + (kind ? " " + kind : "");
+  }
+  function errorText(error, fallback) { return window.AlltingErrorText(error, fallback); }
 
   var form = document.getElementById("new-collection");
   if (form) {
@@ -37,25 +49,30 @@
         body: JSON.stringify({ space_id: spaceId, name: name })
       }).then(function (response) {
         if (response.ok) { window.location.reload(); return; }
-        return response.json().then(function (error) { announce(error.message || response.status); });
+        return response.json().then(function (error) { announce(errorText(error, response.status)); });
       });
     });
   }
 
-  function statusBadge(doc) {
+  function statusCell(doc) {
     var labels = { queued: t("queued"), processing: t("processing"), ready: t("ready"), failed: t("failed") };
     var badge = el("span", "badge" + (doc.status === "ready" ? " ok" : doc.status === "failed" ? " error" : ""),
       labels[doc.status] || doc.status);
+    badge.setAttribute("data-role", "status");
     var cell = el("td");
     cell.appendChild(badge);
-    if (doc.status === "processing" && typeof doc.progress === "number") {
+    if (doc.status === "processing" || doc.status === "queued") {
       var bar = el("progress");
       bar.max = 100;
-      bar.value = doc.progress;
-      bar.setAttribute("aria-label", doc.title + " " + doc.progress + "%");
+      if (typeof doc.progress === "number") bar.value = doc.progress;
+      bar.setAttribute("aria-label", (doc.title || doc.filename || "") + " " + (doc.progress || 0) + "%");
       cell.appendChild(bar);
     }
-    if (doc.error) cell.appendChild(el("p", "error-text", doc.error));
+    if (doc.status === "failed") {
+      var reason = el("p", "error-text", t("reason") + " " + (doc.error || t("unknown-reason")));
+      reason.setAttribute("data-role", "reason");
+      cell.appendChild(reason);
+    }
     return cell;
   }
 
@@ -70,11 +87,15 @@
       body.appendChild(row);
     }
     docs.forEach(function (doc) {
+      if (doc.job_id) jobs[doc.job_id] = section;
       var row = el("tr");
       row.setAttribute("data-document-id", doc.id);
       row.setAttribute("data-status", doc.status);
-      row.appendChild(el("td", null, doc.title || doc.filename || ""));
-      row.appendChild(statusBadge(doc));
+      if (doc.job_id) row.setAttribute("data-job-id", doc.job_id);
+      var title = el("td", null, doc.title || doc.filename || "");
+      if (doc.status === "ready" && doc.page_count) title.appendChild(el("span", "hint", " · " + doc.page_count + " " + t("pages")));
+      row.appendChild(title);
+      row.appendChild(statusCell(doc));
       var actions = el("td");
       if (canEdit) {
         var remove = el("button", "button danger small", t("delete"));
@@ -82,7 +103,7 @@
         remove.appendChild(el("span", "visually-hidden", " " + (doc.title || "")));
         remove.addEventListener("click", function () {
           fetch("/api/v1/documents/" + doc.id, { method: "DELETE", credentials: "same-origin", headers: headers(false) })
-            .then(function () { refresh(); });
+            .then(function () { load(section); });
         });
         actions.appendChild(remove);
       }
@@ -91,34 +112,90 @@
     });
   }
 
-  function refresh() {
-    var sections = root.querySelectorAll(".collection");
-    var busy = false;
-    var requests = Array.prototype.map.call(sections, function (section) {
-      var id = section.getAttribute("data-collection-id");
-      return fetch("/api/v1/collections/" + id + "/documents/?limit=200", { credentials: "same-origin" })
-        .then(function (response) { if (!response.ok) throw new Error(String(response.status)); return response.json(); })
-        .then(function (page) {
-          var docs = page.items || [];
-          docs.forEach(function (d) { if (d.status === "queued" || d.status === "processing") busy = true; });
-          renderDocuments(section, docs);
-        });
+  function load(section) {
+    var id = section.getAttribute("data-collection-id");
+    return fetch("/api/v1/collections/" + id + "/documents/?limit=200", { credentials: "same-origin" })
+      .then(function (response) { if (!response.ok) throw new Error(String(response.status)); return response.json(); })
+      .then(function (page) { renderDocuments(section, page.items || []); });
+  }
+
+  function loadAll() {
+    return Promise.all(Array.prototype.map.call(root.querySelectorAll(".collection"), load));
+  }
+
+  // A job event: move the progress bar, and reload the collection when the job has finished.
+  function onJob(job) {
+    var section = jobs[job.id];
+    if (!section) return;
+    var row = section.querySelector('tr[data-job-id="' + job.id + '"]');
+    if (job.status === "running" && row) {
+      var badge = row.querySelector('[data-role="status"]');
+      if (badge) badge.textContent = t("processing");
+      row.setAttribute("data-status", "processing");
+      var bar = row.querySelector("progress");
+      if (bar && typeof job.progress === "number") {
+        bar.value = job.progress;
+        bar.setAttribute("aria-label", row.firstChild.textContent + " " + job.progress + "%");
+      }
+      return;
+    }
+    if (job.status === "succeeded" || job.status === "failed" || job.status === "cancelled") {
+      load(section).then(function () {
+        var done = section.querySelector('tr[data-job-id="' + job.id + '"]');
+        if (done) announce(done.firstChild.textContent + ": " + (done.querySelector('[data-role="status"]') || {}).textContent);
+      });
+    }
+  }
+
+  function connect() {
+    if (!("WebSocket" in window)) return;
+    var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    try {
+      socket = new WebSocket(scheme + window.location.host + "/api/v1/ws");
+    } catch (e) {
+      reconnectLater();
+      return;
+    }
+    root.setAttribute("data-live", "connecting");
+    socket.addEventListener("open", function () {
+      var wasLost = attempts > 0;
+      attempts = 0;
+      root.setAttribute("data-live", "open");
+      if (wasLost) {
+        showConnection(t("reconnected"), "ok");
+        window.setTimeout(function () { if (attempts === 0) showConnection(""); }, 4000);
+        loadAll();  // catch up on what happened while the connection was down
+      }
     });
-    return Promise.all(requests).then(function () {
-      if (failures) announce("");
-      failures = 0;
-      schedule(busy ? 1500 : 0);
-    }).catch(function () {
-      failures += 1;
-      announce(t("lost"));
-      schedule(Math.min(15000, 1000 * Math.pow(2, failures)));
+    socket.addEventListener("message", function (event) {
+      var message;
+      try { message = JSON.parse(event.data); } catch (e) { return; }
+      if (message && message.type === "job" && message.data) onJob(message.data);
+    });
+    socket.addEventListener("close", function () {
+      socket = null;
+      root.setAttribute("data-live", "closed");
+      reconnectLater();
     });
   }
 
-  function schedule(delay) {
-    if (timer) window.clearTimeout(timer);
-    timer = delay ? window.setTimeout(refresh, delay) : null;
+  function reconnectLater() {
+    attempts += 1;
+    var seconds = Math.min(30, Math.pow(2, attempts - 1));
+    if (retryTimer) window.clearTimeout(retryTimer);
+    if (countdownTimer) window.clearInterval(countdownTimer);
+    var left = seconds;
+    var say = function () { showConnection(t("lost").replace("{seconds}", String(left)), "warning"); };
+    say();
+    countdownTimer = window.setInterval(function () { left -= 1; if (left > 0) say(); }, 1000);
+    retryTimer = window.setTimeout(function () {
+      window.clearInterval(countdownTimer);
+      showConnection(t("reconnecting"), "warning");
+      connect();
+    }, seconds * 1000);
   }
+  // Tests (and people on flaky networks) can drop the connection; it comes back by itself.
+  window.AlltingKnowledgeSocket = function () { return socket; };
 
   function upload(section, files) {
     var id = section.getAttribute("data-collection-id");
@@ -129,20 +206,67 @@
       return fetch("/api/v1/collections/" + id + "/documents/", {
         method: "POST", body: data, credentials: "same-origin", headers: headers(false)
       }).then(function (response) {
-        if (!response.ok) {
-          return response.json().catch(function () { return {}; }).then(function (error) {
-            announce(t("upload-failed") + " " + file.name + ": " + (error.message || response.status));
-            var msg = el("p", "error-text", t("upload-failed") + " " + file.name + ": " + (error.message || response.status));
-            msg.setAttribute("role", "alert");
-            section.insertBefore(msg, section.querySelector("table"));
-          });
-        }
+        return response.json().catch(function () { return {}; }).then(function (body) {
+          if (response.ok) {
+            if (body.job_id) jobs[body.job_id] = section;
+            return;
+          }
+          var text = t("upload-failed") + " " + file.name + ": " + errorText(body, response.status);
+          announce(text);
+          var msg = el("p", "error-text", text);
+          msg.setAttribute("role", "alert");
+          section.insertBefore(msg, section.querySelector("table"));
+        });
       });
     });
-    Promise.all(pending).then(refresh);
+    Promise.all(pending).then(function () { return load(section); });
+  }
+
+  function search(section, searchForm) {
+    var id = section.getAttribute("data-collection-id");
+    var query = searchForm.querySelector("input[type=search]").value.trim();
+    var results = section.querySelector(".search-results");
+    if (!query) return;
+    results.innerHTML = "";
+    results.appendChild(el("p", "hint", t("searching")));
+    fetch("/api/v1/collections/" + id + "/search/", {
+      method: "POST", credentials: "same-origin", headers: headers(true),
+      body: JSON.stringify({ query: query, limit: 8 })
+    }).then(function (response) {
+      return response.json().catch(function () { return {}; }).then(function (body) {
+        results.innerHTML = "";
+        if (!response.ok) {
+          var failed = el("p", "error-text", errorText(body, response.status));
+          failed.setAttribute("role", "alert");
+          results.appendChild(failed);
+          return;
+        }
+        var items = body.items || [];
+        results.appendChild(el("p", "hint", items.length ? t("hits").replace("{count}", String(items.length)) : t("no-hits")));
+        var list = el("ol", "passages");
+        items.forEach(function (p) {
+          var item = el("li", "passage");
+          var head = el("p", "passage-source");
+          head.appendChild(el("strong", null, p.title || ""));
+          if (p.page) head.appendChild(el("span", null, " · " + t("page") + " " + p.page));
+          if (p.heading) head.appendChild(el("span", null, " · " + p.heading));
+          item.appendChild(head);
+          var text = p.text || "";
+          item.appendChild(el("p", "passage-text", text.length > 600 ? text.slice(0, 600) + "…" : text));
+          list.appendChild(item);
+        });
+        results.appendChild(list);
+        announce(items.length ? t("hits").replace("{count}", String(items.length)) : t("no-hits"));
+      });
+    }).catch(function () {
+      results.innerHTML = "";
+      results.appendChild(el("p", "error-text", t("search-failed")));
+    });
   }
 
   Array.prototype.forEach.call(root.querySelectorAll(".collection"), function (section) {
+    var searchForm = section.querySelector(".collection-search");
+    if (searchForm) searchForm.addEventListener("submit", function (event) { event.preventDefault(); search(section, searchForm); });
     var zone = section.querySelector(".dropzone");
     var input = section.querySelector("input[type=file]");
     if (input) input.addEventListener("change", function () { upload(section, input.files); input.value = ""; });
@@ -155,5 +279,6 @@
       if (event.dataTransfer && event.dataTransfer.files.length) upload(section, event.dataTransfer.files);
     });
   });
-  refresh();
+  loadAll().catch(function () { announce(t("load-failed")); });
+  connect();
 })();
