@@ -125,9 +125,130 @@ async def test_space_pages_render_for_owner_and_viewer(app, chat_org):
 async def test_admin_pages_render(app, chat_org):
     client = await sign_in(app, chat_org.owner.email, chat_org.owner.password)
     try:
-        for path in ("/admin/ai", "/admin/usage", "/admin/users", "/admin/audit?action=auth."):
+        for path in (
+            "/admin/ai",
+            "/admin/usage",
+            "/admin/budgets",
+            "/admin/users",
+            "/admin/groups",
+            "/admin/roles",
+            "/admin/audit?action=auth.",
+        ):
             response = await client.get(path)
             assert response.status_code == 200, (path, response.text[:3000])
         assert (await client.get("/admin")).status_code == 303
     finally:
         await client.aclose()
+
+
+async def test_invite_a_person_who_sets_a_password_through_the_link(app, chat_org):
+    client = await sign_in(app, chat_org.owner.email, chat_org.owner.password)
+    try:
+        users = await client.get("/admin/users")
+        member_role = re.search(r'<option value="([0-9a-f-]{36})" selected>', users.text).group(1)
+        invited = await client.post(
+            "/admin/users/invite",
+            data={
+                "email": "ny@example.org",
+                "name": "Ny",
+                "role_id": member_role,
+                "csrf_token": _token(users.text),
+            },
+        )
+        assert invited.status_code == 200, invited.text[:2000]
+        link = re.search(r'id="invitation-link">([^<]+)<', invited.text).group(1).replace("&amp;", "&")
+    finally:
+        await client.aclose()
+    guest = make_client(app)
+    try:
+        path = link.split("testserver", 1)[1]
+        form = await guest.get(path)
+        assert form.status_code == 200 and 'name="token"' in form.text
+        token = re.search(r'name="token" value="([^"]+)"', form.text).group(1)
+        differ = await guest.post(
+            "/invitation",
+            data={"token": token, "password": "a", "password_again": "b", "csrf_token": _token(form.text)},
+        )
+        assert differ.status_code == 400
+        accepted = await guest.post(
+            "/invitation",
+            data={
+                "token": token,
+                "password": "ett långt lösenord 42",
+                "password_again": "ett långt lösenord 42",
+                "csrf_token": _token(form.text),
+            },
+        )
+        assert accepted.status_code == 303, accepted.text[:2000]
+        again = await guest.post(
+            "/invitation",
+            data={
+                "token": token,
+                "password": "ett långt lösenord 42",
+                "password_again": "ett långt lösenord 42",
+                "csrf_token": _token(form.text),
+            },
+        )
+        assert again.status_code == 400
+    finally:
+        await guest.aclose()
+    person = await sign_in(app, "ny@example.org", "ett långt lösenord 42")
+    await person.aclose()
+
+
+async def test_groups_roles_and_budgets_from_the_pages(app, chat_org):
+    client = await sign_in(app, chat_org.owner.email, chat_org.owner.password)
+    try:
+        page = await client.get("/admin/groups")
+        token = _token(page.text)
+        created = await client.post("/admin/groups", data={"name": "Handläggare", "csrf_token": token})
+        assert created.status_code == 303
+        page = await client.get("/admin/groups")
+        assert "Handläggare" in page.text
+        group_id = re.search(r'action="/admin/groups/([0-9a-f-]{36})/members"', page.text).group(1)
+        added = await client.post(
+            f"/admin/groups/{group_id}/members", data={"user_id": str(chat_org.owner.id), "csrf_token": token}
+        )
+        assert added.status_code == 303
+        page = await client.get("/admin/groups")
+        assert f"/admin/groups/{group_id}/members/{chat_org.owner.id}/remove" in page.text
+
+        made = await client.post(
+            "/admin/roles",
+            data={"name": "Redaktör", "permissions": ["assistants", "collections"], "csrf_token": token},
+        )
+        assert made.status_code == 303
+        roles = (await client.get("/api/v1/roles/")).json()
+        role = next(r for r in roles if r["name"] == "Redaktör")
+        assert sorted(role["permissions"]) == ["assistants", "collections"]
+        saved = await client.post(
+            f"/admin/roles/{role['id']}", data={"permissions": ["spaces"], "csrf_token": token}
+        )
+        assert saved.status_code == 303
+        page = await client.get("/admin/roles")
+        assert page.status_code == 200 and "Redaktör" in page.text
+
+        budget = await client.post(
+            "/admin/budgets",
+            data={"scope": "tenant", "monthly_tokens": "100000", "monthly_cost": "", "csrf_token": token},
+        )
+        assert budget.status_code == 303
+        page = await client.get("/admin/budgets")
+        assert "100 000" in page.text and 'id="budgets"' in page.text
+        missing = await client.post(
+            "/admin/budgets", data={"scope": "space", "monthly_tokens": "5", "csrf_token": token}
+        )
+        assert missing.status_code == 303
+    finally:
+        await client.aclose()
+
+
+async def test_service_errors_are_translated_on_swedish_pages():
+    from allting.web.errors import client_messages, translate_error
+
+    assert translate_error("sv", "budget_exceeded", "Monthly budget of the tenant is used up").startswith(
+        "Månadens tokenbudget"
+    )
+    assert translate_error("en", "budget_exceeded", "Monthly budget used up") == "Monthly budget used up"
+    assert translate_error("sv", "some_new_code", "Something odd") == "Something odd"
+    assert client_messages("sv")["unsupported_media_type"] == "Filtypen stöds inte."

@@ -1,4 +1,4 @@
-"""Administration of AI: providers with their keys, models, and usage; /admin picks the first tab."""
+"""Administration of AI: providers with their keys, models, usage and budgets; /admin picks the first tab."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse
 
 from allting.ai import service
-from allting.ai.schemas import ModelCreate, ModelUpdate, ProviderCreate
+from allting.ai.schemas import BudgetSet, ModelCreate, ModelUpdate, ProviderCreate
 from allting.platform.db import DbSession
 from allting.platform.errors import AppError
+from allting.web.errors import translate_error
 from allting.web.rendering import gettext_for, parse_uuid, redirect, render
 from allting.web.web import Csrf, SignedIn, done, error_text
 
@@ -30,6 +31,10 @@ async def admin_page(request: Request, page: SignedIn):
 
 @router.get("/admin/ai", response_class=HTMLResponse)
 async def ai_page(request: Request, db: DbSession, page: SignedIn):
+    return await _ai_page(request, db, page)
+
+
+async def _ai_page(request: Request, db, page, test_result: dict | None = None):
     page.ctx.require("ai")
     providers = await service.list_providers(db, page.ctx)
     models = await service.list_models(db, page.ctx)
@@ -43,7 +48,7 @@ async def ai_page(request: Request, db: DbSession, page: SignedIn):
             "masked": {p.id: service.masked_key(p) for p in providers},
             "models": models,
             "provider_types": PROVIDER_TYPES,
-            "test_result": None,
+            "test_result": test_result,
         },
     )
 
@@ -84,9 +89,19 @@ async def test_provider_form(request: Request, db: DbSession, page: SignedIn, pr
         result = await service.test_provider(db, page.ctx, provider_id, None)
     except AppError as exc:
         return done(request, "/admin/ai", error_text(request, exc), "error")
+    # The result is shown in the provider's own row, on the page this request answers.
     if result.get("ok"):
-        return done(request, "/admin/ai", _("The connection works.") + f" ({result.get('latency_ms')} ms)")
-    return done(request, "/admin/ai", _("The connection failed:") + " " + str(result.get("message")), "error")
+        text = _("The connection works.") + f" ({result.get('latency_ms')} ms)"
+    else:
+        message = str(result.get("message") or "")
+        text = (
+            _("The connection failed:")
+            + " "
+            + translate_error(page.language, result.get("error_code"), message)
+        )
+    return await _ai_page(
+        request, db, page, {"provider_id": provider_id, "ok": bool(result.get("ok")), "text": text}
+    )
 
 
 @router.post("/admin/ai/providers/{provider_id}/delete", dependencies=[Csrf])
@@ -178,3 +193,96 @@ async def usage_page(
             "days": days,
         },
     )
+
+
+# Budgets: monthly token or cost limits for the tenant, a space or a person, with what is used.
+
+
+@router.get("/admin/budgets", response_class=HTMLResponse)
+async def budgets_page(request: Request, db: DbSession, page: SignedIn):
+    from allting.spaces import service as spaces_service
+    from allting.users import service as users_service
+
+    page.ctx.require("ai")
+    _, resets_at = service.month_window()
+    budgets = await service.list_budgets(db, page.ctx)
+    spaces = [space for space, _role in await spaces_service.list_spaces(db, page.ctx)]
+    users, _total = await users_service.list_users(db, page.ctx, limit=500, offset=0)
+    names = {space.id: space.name for space in spaces} | {user.id: user.name or user.email for user in users}
+    rows = []
+    for budget, tokens, cost in budgets:
+        rows.append(
+            {
+                "budget": budget,
+                "target": names.get(budget.scope_id, "") if budget.scope_id else "",
+                "used_tokens": tokens,
+                "used_cost": cost,
+                "left_tokens": max(budget.monthly_tokens - tokens, 0) if budget.monthly_tokens else None,
+                "left_cost": max(budget.monthly_cost - cost, 0) if budget.monthly_cost else None,
+                "share": _share(budget, tokens, cost),
+            }
+        )
+    return render(
+        request,
+        "ai/budgets.html",
+        {
+            "nav": "admin",
+            "admin_tab": "budgets",
+            "rows": rows,
+            "spaces": spaces,
+            "users": users,
+            "resets_at": resets_at,
+        },
+    )
+
+
+def _share(budget, tokens: int, cost) -> int:
+    """The larger used share of the limits, in percent (0–100) for the meter."""
+    shares = []
+    if budget.monthly_tokens:
+        shares.append(tokens / budget.monthly_tokens)
+    if budget.monthly_cost:
+        shares.append(float(cost / budget.monthly_cost))
+    return min(100, round(100 * max(shares))) if shares else 0
+
+
+@router.post("/admin/budgets", dependencies=[Csrf])
+async def set_budget_form(
+    request: Request,
+    db: DbSession,
+    page: SignedIn,
+    scope: Annotated[str, Form()] = "tenant",
+    space_id: Annotated[str, Form()] = "",
+    user_id: Annotated[str, Form()] = "",
+    monthly_tokens: Annotated[str, Form(max_length=20)] = "",
+    monthly_cost: Annotated[str, Form(max_length=20)] = "",
+):
+    _ = gettext_for(page.language)
+    scope_id = {"space": parse_uuid(space_id), "user": parse_uuid(user_id)}.get(scope)
+    if scope not in ("tenant", "space", "user") or (scope != "tenant" and scope_id is None):
+        return done(request, "/admin/budgets", _("Choose what the budget is for."), "error")
+    try:
+        data = BudgetSet(
+            monthly_tokens=int(monthly_tokens) if monthly_tokens.strip() else None,
+            monthly_cost=monthly_cost.strip().replace(",", ".") or None,
+        )
+        async with db.begin_nested():
+            await service.set_budget(db, page.ctx, scope, scope_id, data)
+    except AppError as exc:
+        return done(request, "/admin/budgets", error_text(request, exc), "error")
+    except ValueError:
+        return done(
+            request, "/admin/budgets", _("Give a whole number of tokens and a positive cost."), "error"
+        )
+    return done(request, "/admin/budgets", _("The budget is saved."))
+
+
+@router.post("/admin/budgets/{budget_id}/delete", dependencies=[Csrf])
+async def delete_budget_form(request: Request, db: DbSession, page: SignedIn, budget_id: uuid.UUID):
+    _ = gettext_for(page.language)
+    try:
+        async with db.begin_nested():
+            await service.delete_budget(db, page.ctx, budget_id)
+    except AppError as exc:
+        return done(request, "/admin/budgets", error_text(request, exc), "error")
+    return done(request, "/admin/budgets", _("The budget is removed."))
