@@ -62,6 +62,26 @@ def _set_tenant_on_begin(session: Session, _transaction, connection) -> None:
     )
 
 
+def _tenant_criteria(tenant_id: uuid.UUID | None):
+    return with_loader_criteria(TenantScoped, lambda cls: cls.tenant_id == tenant_id, include_aliases=True)
+
+
+# Building the option (and analysing its lambda) costs more than running a cached query, so each
+# tenant's option is built once. The lambda's tenant is a bound parameter: one compiled statement
+# serves every tenant.
+_criteria_by_tenant: dict[uuid.UUID | None, object] = {}
+_CRITERIA_CACHE_SIZE = 4096
+
+
+def _criteria_for(tenant_id: uuid.UUID | None):
+    option = _criteria_by_tenant.get(tenant_id)
+    if option is None:
+        if len(_criteria_by_tenant) >= _CRITERIA_CACHE_SIZE:
+            _criteria_by_tenant.clear()
+        option = _criteria_by_tenant[tenant_id] = _tenant_criteria(tenant_id)
+    return option
+
+
 @event.listens_for(Session, "do_orm_execute")
 def _only_current_tenant(state: ORMExecuteState) -> None:
     if not (state.is_select or state.is_update or state.is_delete):
@@ -69,9 +89,7 @@ def _only_current_tenant(state: ORMExecuteState) -> None:
     tenant_id = state.session.info.get("tenant_id")
     if tenant_id is None and state.session.info.get("system"):
         return
-    state.statement = state.statement.options(
-        with_loader_criteria(TenantScoped, lambda cls: cls.tenant_id == tenant_id, include_aliases=True)
-    )
+    state.statement = state.statement.options(_criteria_for(tenant_id))
 
 
 @event.listens_for(Session, "before_flush")
