@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from allting.audit import service as audit
@@ -256,15 +256,7 @@ async def logout(db: AsyncSession, ctx: Ctx) -> None:
         await audit.record(db, ctx, "auth.logout", target_type="session", target_id=session.id)
 
 
-async def _context_for(
-    db: AsyncSession,
-    user_id: uuid.UUID,
-    *,
-    actor_type: str,
-    session_id: uuid.UUID | None = None,
-    api_key_id: uuid.UUID | None = None,
-) -> Ctx:
-    """Who is calling, read in one query: the user, their role, their tenant and (for tokens) the session."""
+def _context_query(with_session: bool):
     query = (
         select(
             User.tenant_id,
@@ -276,13 +268,34 @@ async def _context_for(
         )
         .join(Role, Role.id == User.role_id)
         .join(Tenant, Tenant.id == User.tenant_id)
-        .where(User.id == user_id, User.deleted_at.is_(None))
+        .where(User.id == bindparam("user_id"), User.deleted_at.is_(None))
     )
-    if session_id is not None:
+    if with_session:
         query = query.add_columns(AuthSession.revoked_at, AuthSession.expires_at).outerjoin(
-            AuthSession, (AuthSession.id == session_id) & (AuthSession.user_id == User.id)
+            AuthSession, (AuthSession.id == bindparam("session_id")) & (AuthSession.user_id == User.id)
         )
-    row = (await db.execute(query)).one_or_none()
+    return query
+
+
+# Built once: this runs on every authenticated request, and building it costs more than running it.
+_CONTEXT_QUERY = _context_query(with_session=False)
+_CONTEXT_QUERY_WITH_SESSION = _context_query(with_session=True)
+
+
+async def _context_for(
+    db: AsyncSession,
+    user_id: uuid.UUID,
+    *,
+    actor_type: str,
+    session_id: uuid.UUID | None = None,
+    api_key_id: uuid.UUID | None = None,
+) -> Ctx:
+    """Who is calling, read in one query: the user, their role, their tenant and (for tokens) the session."""
+    if session_id is not None:
+        query, params = _CONTEXT_QUERY_WITH_SESSION, {"user_id": user_id, "session_id": session_id}
+    else:
+        query, params = _CONTEXT_QUERY, {"user_id": user_id}
+    row = (await db.execute(query, params)).one_or_none()
     if session_id is not None and (
         row is None or row.expires_at is None or row.revoked_at is not None or row.expires_at <= utcnow()
     ):
