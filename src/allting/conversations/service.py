@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import Integer, delete, func, or_, select
+from sqlalchemy import Integer, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from allting.ai import gateway
@@ -348,22 +348,28 @@ async def _record(prepared: PreparedQuestion, outcome: _Outcome, latency_ms: int
     )
     async with transaction() as db:
         await set_tenant(db, prepared.ctx.tenant_id)
-        message = await db.get(Message, prepared.message_id)
-        message.answer = outcome.answer
-        message.status = outcome.status
-        message.error = outcome.error
-        message.model_id, message.model_name, message.provider_type = (
-            model.id,
-            model.name,
-            model.provider_type,
+        # One UPDATE, without loading the question's row first.
+        await db.execute(
+            update(Message)
+            .where(Message.id == prepared.message_id)
+            .values(
+                answer=outcome.answer,
+                status=outcome.status,
+                error=outcome.error,
+                model_id=model.id,
+                model_name=model.name,
+                provider_type=model.provider_type,
+                fallback_used=outcome.served_by_index > 0,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                completed_at=utcnow(),
+            )
+            .execution_options(synchronize_session=False)
         )
-        message.fallback_used = outcome.served_by_index > 0
-        message.prompt_tokens, message.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-        message.completed_at = utcnow()
         for citation in outcome.citations:
             db.add(
                 Citation(
-                    message_id=message.id,
+                    message_id=prepared.message_id,
                     ref=citation["ref"],
                     chunk_id=uuid.UUID(citation["chunk_id"]),
                     document_id=uuid.UUID(citation["document_id"]),
