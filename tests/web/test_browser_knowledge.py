@@ -1,0 +1,122 @@
+"""Knowledge in a real browser: live document progress over the WebSocket, search, citations, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from web_helpers import SCREENSHOTS, serious_violations, sign_in
+
+from allting.worker import build_worker
+
+pytestmark = pytest.mark.browser
+
+DOCUMENT = (
+    "# Library services\n\n"
+    "The city library on Stortorget opens at nine in the morning on weekdays and at ten on Saturdays.\n\n"
+    "## Borrowing\n\nA library card is free for everyone who lives in the municipality. "
+    "Books may be borrowed for four weeks and renewed twice.\n"
+)
+
+
+@pytest.fixture
+async def worker(runtime):
+    running = build_worker(in_process=True)
+    task = asyncio.create_task(running.start())
+    yield running
+    running.event.set()
+    await task
+
+
+@pytest.fixture
+async def axe_page(browser):
+    """A page on which axe-core may be injected (the site's CSP forbids inline scripts)."""
+    context = await browser.new_context(
+        locale="en-GB", viewport={"width": 1280, "height": 860}, bypass_csp=True
+    )
+    context.set_default_timeout(10_000)
+    yield await context.new_page()
+    await context.close()
+
+
+async def test_upload_becomes_ready_live_and_an_assistant_cites_it(axe_page, live_url, chat_org, llm, worker):
+    page = axe_page
+    space = (await chat_org.owner.client.post("/api/v1/spaces/", json={"name": "Kultur"})).json()
+    await sign_in(page, live_url, chat_org.owner.email, chat_org.owner.password)
+    await page.goto(f"{live_url}/spaces/{space['id']}/knowledge")
+    await page.get_by_label("Name of a new collection").fill("Library")
+    await page.get_by_role("button", name="Create collection").click()
+    section = page.locator(".collection", has_text="Library")
+    await section.wait_for()
+    await page.locator('#knowledge[data-live="open"]').wait_for()
+
+    # From here on the page must not reload, and must not poll: only the socket tells it what happens.
+    await page.evaluate("() => { window.__samePage = true; }")
+    list_requests = []
+    page.on("request", lambda r: list_requests.append(r.url) if "/documents/?limit" in r.url else None)
+    await section.locator("input[type=file]").set_input_files(
+        {"name": "library.md", "mimeType": "text/markdown", "buffer": DOCUMENT.encode()}
+    )
+    await section.locator('tr[data-status="ready"]', has_text="library").wait_for(timeout=30_000)
+    assert await page.evaluate("() => window.__samePage === true")
+    assert len(list_requests) <= 3, list_requests  # after the upload, and when the job has finished
+
+    # Search the collection: passages with their document title.
+    await section.get_by_label("Search the collection").fill("library card")
+    await section.get_by_role("button", name="Search").click()
+    passage = section.locator(".passage").first
+    await passage.wait_for()
+    assert "Library services" in await passage.locator(".passage-source").inner_text()
+    assert await serious_violations(page) == []
+    await page.screenshot(path=str(SCREENSHOTS / "space-knowledge-documents.png"), full_page=True)
+
+    # An assistant over the collection answers with a numbered citation chip.
+    await page.goto(f"{live_url}/spaces/{space['id']}/assistants")
+    await page.get_by_label("Name of a new assistant").fill("Library helper")
+    await page.get_by_role("button", name="Create assistant").click()
+    await page.get_by_label("Library", exact=True).check()
+    await page.get_by_role("button", name="Save assistant").click()
+    await page.get_by_text("The assistant is saved.").wait_for()
+    llm.script(answer="The library opens at nine on weekdays [1].")
+    await page.get_by_role("link", name="Try it out").click()
+    await page.get_by_label("Your question").fill("When does the library open?")
+    await page.get_by_role("button", name="Send").click()
+    chip = page.locator(".bubble.answer .citations .chip").first
+    await chip.wait_for()
+    await chip.click()
+    await page.get_by_text("opens at nine in the morning").first.wait_for()
+
+
+async def test_a_failed_document_says_why(page, live_url, chat_org, worker):
+    space = (await chat_org.owner.client.post("/api/v1/spaces/", json={"name": "Fel"})).json()
+    collection = (
+        await chat_org.owner.client.post(
+            "/api/v1/collections/", json={"space_id": space["id"], "name": "Trasigt"}
+        )
+    ).json()
+    await sign_in(page, live_url, chat_org.owner.email, chat_org.owner.password)
+    await page.goto(f"{live_url}/spaces/{space['id']}/knowledge")
+    await page.locator('#knowledge[data-live="open"]').wait_for()
+    section = page.locator(f'.collection[data-collection-id="{collection["id"]}"]')
+    # A PDF that is not one: accepted by its name and magic bytes, unreadable when parsed.
+    await section.locator("input[type=file]").set_input_files(
+        {"name": "broken.pdf", "mimeType": "application/pdf", "buffer": b"%PDF-1.4\n%broken\n" + b"x" * 200}
+    )
+    outcome = section.locator(
+        'tr[data-status="failed"] [data-role="reason"], .error-text[role="alert"]'
+    ).first
+    await outcome.wait_for(timeout=30_000)
+    text = await outcome.inner_text()
+    assert text.strip(), text
+
+
+async def test_a_lost_live_connection_reconnects(page, live_url, chat_org):
+    space = (await chat_org.owner.client.post("/api/v1/spaces/", json={"name": "Nät"})).json()
+    await sign_in(page, live_url, chat_org.owner.email, chat_org.owner.password)
+    await page.goto(f"{live_url}/spaces/{space['id']}/knowledge")
+    await page.locator('#knowledge[data-live="open"]').wait_for()
+    await page.evaluate("() => window.AlltingKnowledgeSocket().close()")
+    line = page.locator("#knowledge-connection")
+    await line.get_by_text("The live connection was lost").wait_for()
+    await page.locator('#knowledge[data-live="open"]').wait_for()
+    await line.get_by_text("Connected again").wait_for()
