@@ -16,6 +16,8 @@ from allting.knowledge.schemas import (
     CollectionMetadata,
     CollectionRead,
     CollectionUpdate,
+    CrawlRunList,
+    CrawlRunRead,
     DocumentList,
     DocumentRead,
     EmbeddingModelRef,
@@ -24,6 +26,11 @@ from allting.knowledge.schemas import (
     SearchRequest,
     SearchResponse,
     TextDocumentCreate,
+    WebsiteCreate,
+    WebsiteList,
+    WebsiteMetadata,
+    WebsiteRead,
+    WebsiteUpdate,
 )
 from allting.platform.db import DbSession
 from allting.platform.pagination import Limit, Offset
@@ -227,3 +234,122 @@ async def upload_info_blob(
     data = await file.read()
     job, task = await service.upload_info_blob(db, ctx, group_id, data=data, filename=file.filename)
     return job_public(job, task)
+
+
+# --- Websites -------------------------------------------------------------------------------------
+
+
+def crawl_run_read(view: service.RunView) -> CrawlRunRead:
+    run = view.run
+    status, error, progress = view.state
+    return CrawlRunRead(
+        id=run.id,
+        website_id=run.website_id,
+        job_id=run.job_id,
+        trigger=run.trigger,
+        status=status,
+        error=error,
+        progress=progress,
+        pages_crawled=run.pages_crawled,
+        pages_unchanged=run.pages_unchanged,
+        pages_failed=run.pages_failed,
+        pages_skipped=run.pages_skipped,
+        pages_removed=run.pages_removed,
+        failure_summary=run.failure_summary or {},
+        stopped_reason=run.stopped_reason,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        created_at=run.created_at,
+    )
+
+
+def website_read(view: service.WebsiteView) -> WebsiteRead:
+    website = view.website
+    return WebsiteRead(
+        id=website.id,
+        space_id=website.space_id,
+        name=website.name,
+        url=website.url,
+        crawl_type=website.crawl_type,
+        max_depth=website.max_depth,
+        max_pages=website.max_pages,
+        include_patterns=list(website.include_patterns or []),
+        exclude_patterns=list(website.exclude_patterns or []),
+        update_interval=website.update_interval,
+        http_auth_username=website.http_auth_username,
+        requires_http_auth=bool(website.encrypted_http_auth_password),
+        embedding_model=EmbeddingModelRef.model_validate(view.model) if view.model else None,
+        chunk_tokens=website.chunk_tokens,
+        overlap_tokens=website.overlap_tokens,
+        last_crawled_at=website.last_crawled_at,
+        next_crawl_at=website.next_crawl_at,
+        consecutive_failures=website.consecutive_failures,
+        latest_crawl=crawl_run_read(view.latest) if view.latest else None,
+        metadata=WebsiteMetadata(
+            num_pages=view.stats.documents, num_chunks=view.stats.chunks, size=view.stats.size
+        ),
+        permissions=service.permissions_for(view.role, "website"),
+        created_at=website.created_at,
+        updated_at=website.updated_at,
+    )
+
+
+@router.post("/spaces/{space_id}/websites/", response_model=WebsiteRead, status_code=201)
+async def create_website(
+    space_id: uuid.UUID, data: WebsiteCreate, db: DbSession, ctx: CurrentCtx
+) -> WebsiteRead:
+    return website_read(await service.create_website(db, ctx, space_id, data))
+
+
+@router.get("/spaces/{space_id}/websites/", response_model=WebsiteList)
+async def list_websites(space_id: uuid.UUID, db: DbSession, ctx: CurrentCtx) -> WebsiteList:
+    views = await service.list_websites(db, ctx, space_id)
+    return WebsiteList(items=[website_read(view) for view in views], count=len(views))
+
+
+@router.get("/websites/{website_id}", response_model=WebsiteRead)
+async def get_website(website_id: uuid.UUID, db: DbSession, ctx: CurrentCtx) -> WebsiteRead:
+    return website_read(await service.get_website(db, ctx, website_id))
+
+
+@router.patch("/websites/{website_id}", response_model=WebsiteRead)
+async def update_website(
+    website_id: uuid.UUID, data: WebsiteUpdate, db: DbSession, ctx: CurrentCtx
+) -> WebsiteRead:
+    return website_read(await service.update_website(db, ctx, website_id, data))
+
+
+@router.delete("/websites/{website_id}", status_code=204)
+async def delete_website(website_id: uuid.UUID, db: DbSession, ctx: CurrentCtx) -> Response:
+    await service.delete_website(db, ctx, website_id)
+    return Response(status_code=204)
+
+
+@router.post("/websites/{website_id}/run/", response_model=CrawlRunRead, status_code=202)
+async def run_website(website_id: uuid.UUID, db: DbSession, ctx: CurrentCtx) -> CrawlRunRead:
+    return crawl_run_read(await service.run_website(db, ctx, website_id))
+
+
+@router.get("/websites/{website_id}/runs/", response_model=CrawlRunList)
+async def list_crawl_runs(website_id: uuid.UUID, db: DbSession, ctx: CurrentCtx) -> CrawlRunList:
+    views = await service.list_runs(db, ctx, website_id)
+    return CrawlRunList(items=[crawl_run_read(view) for view in views], count=len(views))
+
+
+@router.get("/websites/{website_id}/documents/", response_model=DocumentList)
+async def list_website_documents(
+    website_id: uuid.UUID, db: DbSession, ctx: CurrentCtx, limit: Limit = 100, offset: Offset = 0
+) -> DocumentList:
+    views, total = await service.list_website_documents(db, ctx, website_id, limit=limit, offset=offset)
+    return DocumentList(items=[document_read(view) for view in views], count=total)
+
+
+@router.post("/websites/{website_id}/search/", response_model=SearchResponse)
+async def search_website(
+    website_id: uuid.UUID, data: SearchRequest, db: DbSession, ctx: CurrentCtx
+) -> SearchResponse:
+    view = await service.get_website(db, ctx, website_id)
+    passages = await retrieval.search(
+        db, ctx, collection_ids=[], website_ids=[view.website.id], query=data.query, limit=data.limit
+    )
+    return SearchResponse(items=[PassageRead.model_validate(p) for p in passages], count=len(passages))

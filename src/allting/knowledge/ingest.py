@@ -14,8 +14,10 @@ A file that cannot be read fails at once with the parser's reason for a person
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,15 +31,25 @@ from allting.ai.models import AiModel
 from allting.deps import Ctx
 from allting.files.storage import StorageError, get_storage
 from allting.knowledge import parsing
+from allting.knowledge import service as knowledge_service
 from allting.knowledge.chunking import Chunk as Passage
 from allting.knowledge.chunking import split_sections
-from allting.knowledge.models import Chunk, ChunkVector, Collection, Document
+from allting.knowledge.crawler import (
+    CrawlFinished,
+    PageFailed,
+    PageFetched,
+    PageSkipped,
+    PageUnchanged,
+    crawl,
+)
+from allting.knowledge.models import Chunk, ChunkVector, Collection, CrawlRun, Document, Website
+from allting.platform.crypto import SecretError
 from allting.platform.db import transaction, utcnow
 from allting.platform.errors import AppError
 from allting.platform.logging import get_logger
 from allting.platform.settings import get_settings
 from allting.platform.tenancy import set_tenant
-from allting.worker import JobRun, PermanentJobError
+from allting.worker import JobCancelled, JobRun, LeaseLost, PermanentJobError
 
 log = get_logger(__name__)
 
@@ -378,3 +390,177 @@ async def reembed_collection(db: AsyncSession, run: JobRun) -> dict:
     collection.reembed_job_id = None
     await db.flush()
     return {"location": f"/api/v1/collections/{collection_id}", "chunks": done}
+
+
+# ---------------------------------------------------------------------------------------------
+# Websites
+
+
+CRAWL_EMBED_GROUP = 64  # passages of several pages are embedded together
+_MAX_FAILURE_REASONS = 20
+
+
+@dataclass
+class _Page:
+    event: PageFetched
+    passages: list[Passage]
+
+
+async def crawl_website(db: AsyncSession, run: JobRun) -> dict:
+    """Crawl a website: store new and changed pages, skip unchanged ones, remove pages that are gone."""
+    website_id = uuid.UUID(run.payload["website_id"])
+    crawl_run = await db.get(CrawlRun, uuid.UUID(run.payload["run_id"]))
+    website = await db.get(Website, website_id)
+    if website is None or crawl_run is None:
+        return {"skipped": "The website was deleted"}
+    try:
+        return await _crawl(db, run, website, crawl_run)
+    except (JobCancelled, LeaseLost):
+        raise
+    except Exception:
+        await _record_crawl_failure(run, website_id)
+        raise
+
+
+async def _record_crawl_failure(run: JobRun, website_id: uuid.UUID) -> None:
+    async with transaction() as db:
+        await set_tenant(db, run.tenant_id)
+        await db.execute(
+            update(Website)
+            .where(Website.id == website_id)
+            .values(consecutive_failures=Website.consecutive_failures + 1)
+        )
+
+
+async def _crawl(db: AsyncSession, run: JobRun, website: Website, crawl_run: CrawlRun) -> dict:
+    ctx = job_ctx(run)
+    if website.embedding_model_id is None:
+        raise PermanentJobError("The website has no embedding model; add it again to choose one")
+    try:
+        password = knowledge_service.http_auth_password(website)
+    except SecretError as exc:
+        raise PermanentJobError("The stored password of the website cannot be read; enter it again") from exc
+    try:
+        settings = knowledge_service.crawl_settings(website, password)
+    except AppError as exc:
+        raise PermanentJobError(exc.message) from exc
+    crawl_run.status = "running"
+    crawl_run.started_at = utcnow()
+    known = dict(
+        (
+            await db.execute(
+                select(Document.url, Document.content_hash).where(Document.website_id == website.id)
+            )
+        ).all()
+    )
+    counts = {"crawled": 0, "unchanged": 0, "failed": 0, "skipped": 0}
+    failures: Counter[str] = Counter()
+    pending: list[_Page] = []
+    stats = None
+
+    async def store_pending() -> None:
+        if not pending:
+            return
+        texts = [passage.text for page in pending for passage in page.passages]
+        vectors: list[list[float]] = []
+        model = None
+        if texts:
+            embedded = await embed_passages(
+                db,
+                ctx,
+                website.embedding_model_id,
+                texts,
+                tokens=sum(p.token_count for pg in pending for p in pg.passages),
+            )
+            vectors, model = embedded.vectors, embedded.model
+        offset = 0
+        for page in pending:
+            share = Embedded(model, vectors[offset : offset + len(page.passages)], 0) if model else None
+            offset += len(page.passages)
+            await _store_page(db, run.tenant_id, website, page, share)
+        pending.clear()
+
+    async with contextlib.aclosing(crawl(settings, known_hashes=known)) as events:
+        async for event in events:
+            if isinstance(event, PageFetched):
+                counts["crawled"] += 1
+                passages = split_sections(
+                    event.sections, chunk_tokens=website.chunk_tokens, overlap_tokens=website.overlap_tokens
+                )
+                pending.append(_Page(event, passages))
+                if sum(len(page.passages) for page in pending) >= CRAWL_EMBED_GROUP:
+                    await store_pending()
+            elif isinstance(event, PageUnchanged):
+                counts["unchanged"] += 1
+            elif isinstance(event, PageFailed):
+                counts["failed"] += 1
+                if len(failures) < _MAX_FAILURE_REASONS or event.reason[:200] in failures:
+                    failures[event.reason[:200]] += 1
+            elif isinstance(event, PageSkipped):
+                counts["skipped"] += 1
+            elif isinstance(event, CrawlFinished):
+                stats = event.stats
+            done = counts["crawled"] + counts["unchanged"]
+            if done and done % 10 == 0 and isinstance(event, PageFetched | PageUnchanged):
+                await run.progress(min(95, int(100 * done / max(1, website.max_pages))))
+    await store_pending()
+    removed = 0
+    if stats is not None and stats.disappeared:
+        gone = list(
+            await db.scalars(
+                select(Document.id).where(
+                    Document.website_id == website.id, Document.url.in_(stats.disappeared)
+                )
+            )
+        )
+        if gone:
+            await db.execute(delete(Chunk).where(Chunk.document_id.in_(gone)))
+            await db.execute(delete(Document).where(Document.id.in_(gone)))
+        removed = len(gone)
+    finished = utcnow()
+    crawl_run.status = "succeeded"
+    crawl_run.pages_crawled = counts["crawled"]
+    crawl_run.pages_unchanged = counts["unchanged"]
+    crawl_run.pages_failed = counts["failed"]
+    crawl_run.pages_skipped = counts["skipped"]
+    crawl_run.pages_removed = removed
+    crawl_run.failure_summary = dict(failures)
+    crawl_run.stopped_reason = stats.stopped_reason if stats else None
+    crawl_run.finished_at = finished
+    website.last_crawled_at = finished
+    website.consecutive_failures = 0
+    if website.update_interval in knowledge_service.INTERVALS:
+        website.next_crawl_at = finished + knowledge_service.INTERVALS[website.update_interval]
+    await db.flush()
+    log.info("knowledge.website_crawled", website_id=str(website.id), **counts, removed=removed)
+    return {
+        "location": f"/api/v1/websites/{website.id}/runs/",
+        "pages_crawled": counts["crawled"],
+        "pages_unchanged": counts["unchanged"],
+        "pages_failed": counts["failed"],
+        "pages_removed": removed,
+    }
+
+
+async def _store_page(
+    db: AsyncSession, tenant_id: uuid.UUID, website: Website, page: _Page, embedded: Embedded | None
+) -> None:
+    event = page.event
+    document = await db.scalar(
+        select(Document).where(Document.website_id == website.id, Document.url == event.final_url)
+    )
+    if document is None:
+        document = Document(website_id=website.id, url=event.final_url, mime_type="text/html", status="ready")
+        db.add(document)
+    document.title = (event.title or event.final_url)[:500]
+    document.content_hash = event.content_hash
+    document.size = len(event.text.encode())
+    document.chunk_count = len(page.passages)
+    document.token_count = sum(passage.token_count for passage in page.passages)
+    document.embedding_model_id = website.embedding_model_id
+    document.status = "ready"
+    document.error = None
+    document.processed_at = utcnow()
+    await db.flush()
+    rows = chunk_rows(tenant_id, document, page.passages, embedded) if embedded else ChunkRows([], [])
+    await replace_chunks(db, document.id, rows)

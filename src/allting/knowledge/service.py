@@ -24,6 +24,8 @@ import unicodedata
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import urlsplit
 
 from sqlalchemy import delete, event, func, select
 from sqlalchemy.exc import IntegrityError
@@ -38,8 +40,11 @@ from allting.jobs import service as jobs_service
 from allting.jobs.models import Job
 from allting.knowledge import parsing
 from allting.knowledge.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP_TOKENS
-from allting.knowledge.models import Chunk, Collection, Document, Website
-from allting.knowledge.schemas import CollectionCreate, CollectionUpdate
+from allting.knowledge.crawler import CrawlSettings, normalize_url
+from allting.knowledge.models import Chunk, Collection, CrawlRun, Document, Website
+from allting.knowledge.schemas import CollectionCreate, CollectionUpdate, WebsiteCreate, WebsiteUpdate
+from allting.platform import crypto, egress
+from allting.platform.db import utcnow
 from allting.platform.errors import Conflict, Invalid, NotFound, PayloadTooLarge
 from allting.platform.logging import get_logger
 from allting.platform.settings import get_settings
@@ -643,3 +648,349 @@ async def upload_info_blob(
 
 def permissions_for(role: str, resource: str = "collection") -> list[str]:
     return permissions.actions(role, resource)
+
+
+# ---------------------------------------------------------------------------------------------
+# Websites and their crawls
+
+
+CRAWL_TASK = "knowledge.crawl_website"
+HTTP_AUTH_PURPOSE = "website.http_auth"
+INTERVALS = {"daily": timedelta(days=1), "weekly": timedelta(days=7)}
+ACTIVE_JOB_STATES = ("queued", "running")
+
+
+@dataclass
+class RunView:
+    run: CrawlRun
+    job: Job | None
+
+    @property
+    def state(self) -> tuple[str, str | None, int]:
+        """(status, error, progress) from the run's job, which records failures the run's rollback loses."""
+        if self.job is None:
+            return self.run.status, None, 100 if self.run.status == "succeeded" else 0
+        progress = 100 if self.job.status == "succeeded" else self.job.progress
+        return self.job.status, self.job.error, progress
+
+
+@dataclass
+class WebsiteView:
+    website: Website
+    role: str
+    stats: SourceStats
+    model: AiModel | None
+    latest: RunView | None
+
+
+async def _website_for(
+    db: AsyncSession, ctx: Ctx, website_id: uuid.UUID, action: str = "read"
+) -> tuple[Website, str]:
+    website = await db.get(Website, website_id)
+    if website is None:
+        raise NotFound("Website not found")
+    _, role = await space_access(db, ctx, website.space_id, "website", action, "Website not found")
+    return website, role
+
+
+async def _check_start_url(url: str) -> str:
+    """The start URL as the crawler will use it; refused early when the guard would refuse it."""
+    normalized = normalize_url(url.strip())
+    if normalized is None:
+        raise Invalid("Give the address of a web page (http or https)", field="url")
+    try:
+        egress.check_url_form(normalized)
+        await egress.check_url_async(normalized)
+    except egress.HostNotFound:
+        pass  # it may resolve by the time it is crawled; the crawl will say so otherwise
+    except egress.EgressError as exc:
+        raise Invalid(f"This address cannot be crawled: {exc.reason}", field="url") from None
+    return normalized
+
+
+def crawl_settings(website: Website, password: str | None = None) -> CrawlSettings:
+    try:
+        return CrawlSettings(
+            start_url=website.url,
+            mode=website.crawl_type,
+            max_depth=website.max_depth,
+            max_pages=website.max_pages,
+            include_patterns=tuple(website.include_patterns or ()),
+            exclude_patterns=tuple(website.exclude_patterns or ()),
+            http_auth=(website.http_auth_username, password)
+            if website.http_auth_username and password is not None
+            else None,
+        )
+    except ValueError as exc:
+        raise Invalid(str(exc), field="url") from None
+
+
+def http_auth_password(website: Website) -> str | None:
+    if not website.encrypted_http_auth_password:
+        return None
+    return crypto.decrypt_secret(
+        website.encrypted_http_auth_password, tenant_id=website.tenant_id, purpose=HTTP_AUTH_PURPOSE
+    )
+
+
+def _set_password(website: Website, tenant_id: uuid.UUID, password: str | None) -> None:
+    website.encrypted_http_auth_password = (
+        crypto.encrypt_secret(password, tenant_id=tenant_id, purpose=HTTP_AUTH_PURPOSE) if password else None
+    )
+
+
+def _next_crawl(website: Website, after=None):
+    interval = INTERVALS.get(website.update_interval)
+    return (after or utcnow()) + interval if interval else None
+
+
+async def _runs(db: AsyncSession, runs: list[CrawlRun]) -> list[RunView]:
+    job_ids = [run.job_id for run in runs if run.job_id]
+    jobs = (
+        {job.id: job for job in await db.scalars(select(Job).where(Job.id.in_(job_ids)))} if job_ids else {}
+    )
+    return [RunView(run, jobs.get(run.job_id)) for run in runs]
+
+
+async def _website_views(db: AsyncSession, websites: list[Website], role: str) -> list[WebsiteView]:
+    ids = [website.id for website in websites]
+    stats = await source_stats(db, Document.website_id, ids)
+    models = await _models_by_id(db, [website.embedding_model_id for website in websites])
+    latest: dict[uuid.UUID, CrawlRun] = {}
+    if ids:
+        newest = (
+            select(CrawlRun)
+            .where(CrawlRun.website_id.in_(ids))
+            .distinct(CrawlRun.website_id)
+            .order_by(CrawlRun.website_id, CrawlRun.created_at.desc())
+        )
+        latest = {run.website_id: run for run in await db.scalars(newest)}
+    run_views = {view.run.website_id: view for view in await _runs(db, list(latest.values()))}
+    return [
+        WebsiteView(
+            website=website,
+            role=role,
+            stats=stats.get(website.id, SourceStats()),
+            model=models.get(website.embedding_model_id),
+            latest=run_views.get(website.id),
+        )
+        for website in websites
+    ]
+
+
+async def create_website(db: AsyncSession, ctx: Ctx, space_id: uuid.UUID, data: WebsiteCreate) -> WebsiteView:
+    """Add a site to a space and queue its first crawl."""
+    space, role = await space_access(db, ctx, space_id, "website", "create", "Space not found")
+    url = await _check_start_url(data.url)
+    model = await embedding_model(db, data.embedding_model_id)
+    await spaces_service.check_model_allowed(db, space, model)
+    if data.http_auth_password and not data.http_auth_username:
+        raise Invalid("A password needs a user name", field="http_auth_username")
+    website = Website(
+        space_id=space_id,
+        name=data.name or urlsplit(url).hostname or url,
+        url=url,
+        crawl_type=data.crawl_type,
+        max_depth=data.max_depth,
+        max_pages=data.max_pages,
+        include_patterns=data.include_patterns or [],
+        exclude_patterns=data.exclude_patterns or [],
+        update_interval=data.update_interval,
+        http_auth_username=data.http_auth_username or None,
+        embedding_model_id=model.id,
+        embedding_dims=model.dimensions,
+        chunk_tokens=data.chunk_tokens or DEFAULT_CHUNK_TOKENS,
+        overlap_tokens=data.overlap_tokens if data.overlap_tokens is not None else DEFAULT_OVERLAP_TOKENS,
+        created_by=ctx.user_id,
+    )
+    crawl_settings(website, data.http_auth_password)
+    website.next_crawl_at = _next_crawl(website)
+    db.add(website)
+    await db.flush()
+    _set_password(website, ctx.tenant_id, data.http_auth_password)
+    await queue_crawl(db, ctx, website, trigger="created")
+    await audit.record(
+        db,
+        ctx,
+        "knowledge.website_created",
+        target_type="website",
+        target_id=website.id,
+        changes={"url": url, "space_id": str(space_id), "http_auth": bool(data.http_auth_password)},
+    )
+    return (await _website_views(db, [website], role))[0]
+
+
+async def list_websites(db: AsyncSession, ctx: Ctx, space_id: uuid.UUID) -> list[WebsiteView]:
+    _, role = await space_access(db, ctx, space_id, "website", "read", "Space not found")
+    websites = list(
+        await db.scalars(
+            select(Website)
+            .where(Website.space_id == space_id)
+            .order_by(func.lower(Website.name), Website.created_at)
+        )
+    )
+    return await _website_views(db, websites, role)
+
+
+async def get_website(db: AsyncSession, ctx: Ctx, website_id: uuid.UUID) -> WebsiteView:
+    website, role = await _website_for(db, ctx, website_id, "read")
+    return (await _website_views(db, [website], role))[0]
+
+
+async def update_website(
+    db: AsyncSession, ctx: Ctx, website_id: uuid.UUID, data: WebsiteUpdate
+) -> WebsiteView:
+    """Change what is crawled and when; the next crawl uses it. An empty password removes it."""
+    website, role = await _website_for(db, ctx, website_id, "edit")
+    fields = data.model_dump(exclude_unset=True)
+    changes: dict = {}
+    if fields.get("url") is not None:
+        fields["url"] = await _check_start_url(fields["url"])
+    if fields.get("embedding_model_id") not in (None, website.embedding_model_id):
+        raise Invalid("A website's embedding model is chosen when it is added", field="embedding_model_id")
+    for name in (
+        "name", "url", "crawl_type", "max_depth", "max_pages", "include_patterns", "exclude_patterns",
+        "update_interval", "http_auth_username", "chunk_tokens", "overlap_tokens",
+    ):  # fmt: skip
+        if name in fields and fields[name] is not None and fields[name] != getattr(website, name):
+            changes[name] = {"from": getattr(website, name), "to": fields[name]}
+            setattr(website, name, fields[name])
+    if "http_auth_password" in fields:
+        _set_password(website, ctx.tenant_id, fields["http_auth_password"] or None)
+        changes["http_auth_password"] = {"to": "set" if fields["http_auth_password"] else "removed"}
+    if website.overlap_tokens > website.chunk_tokens // 2:
+        raise Invalid("overlap_tokens must be at most half of chunk_tokens", field="overlap_tokens")
+    crawl_settings(website)
+    if "update_interval" in changes:
+        website.next_crawl_at = _next_crawl(website, website.last_crawled_at)
+    await db.flush()
+    if changes:
+        await audit.record(
+            db, ctx, "knowledge.website_updated", target_type="website", target_id=website.id, changes=changes
+        )
+    return (await _website_views(db, [website], role))[0]
+
+
+async def delete_website(db: AsyncSession, ctx: Ctx, website_id: uuid.UUID) -> None:
+    website, _ = await _website_for(db, ctx, website_id, "delete")
+    for run in await db.scalars(select(CrawlRun).where(CrawlRun.website_id == website.id)):
+        if run.job_id is not None:
+            await _cancel_if_active(db, run.job_id)
+    await db.execute(delete(Chunk).where(Chunk.website_id == website.id))
+    await db.delete(website)
+    await db.flush()
+    await audit.record(
+        db,
+        ctx,
+        "knowledge.website_deleted",
+        target_type="website",
+        target_id=website.id,
+        changes={"url": website.url},
+    )
+
+
+async def _active_run(db: AsyncSession, website_id: uuid.UUID) -> CrawlRun | None:
+    return await db.scalar(
+        select(CrawlRun)
+        .join(Job, Job.id == CrawlRun.job_id)
+        .where(CrawlRun.website_id == website_id, Job.status.in_(ACTIVE_JOB_STATES))
+        .limit(1)
+    )
+
+
+async def queue_crawl(db: AsyncSession, ctx: Ctx, website: Website, *, trigger: str) -> RunView:
+    """A new run of the website's crawl, unless one is queued or running (409)."""
+    if await _active_run(db, website.id) is not None:
+        raise Conflict(
+            "A crawl of this website is already queued or running; wait for it to finish",
+            code="crawl_running",
+            headers={"Retry-After": "60"},
+        )
+    run = CrawlRun(website_id=website.id, trigger=trigger, status="queued")
+    db.add(run)
+    await db.flush()
+    job = await jobs_service.create_job(
+        db,
+        ctx,
+        CRAWL_TASK,
+        {"website_id": str(website.id), "run_id": str(run.id)},
+        name=f"Crawl {website.name}",
+    )
+    run.job_id = job.id
+    await db.flush()
+    return RunView(run, job)
+
+
+async def run_website(db: AsyncSession, ctx: Ctx, website_id: uuid.UUID) -> RunView:
+    website, _ = await _website_for(db, ctx, website_id, "edit")
+    view = await queue_crawl(db, ctx, website, trigger="manual")
+    await audit.record(
+        db, ctx, "knowledge.website_crawl_started", target_type="website", target_id=website.id
+    )
+    return view
+
+
+async def list_runs(db: AsyncSession, ctx: Ctx, website_id: uuid.UUID, *, limit: int = 50) -> list[RunView]:
+    website, _ = await _website_for(db, ctx, website_id, "read")
+    runs = list(
+        await db.scalars(
+            select(CrawlRun)
+            .where(CrawlRun.website_id == website.id)
+            .order_by(CrawlRun.created_at.desc())
+            .limit(limit)
+        )
+    )
+    return await _runs(db, runs)
+
+
+async def list_website_documents(
+    db: AsyncSession, ctx: Ctx, website_id: uuid.UUID, *, limit: int = 100, offset: int = 0
+) -> tuple[list[DocumentView], int]:
+    website, role = await _website_for(db, ctx, website_id, "read")
+    scope = Document.website_id == website.id
+    total = int(await db.scalar(select(func.count()).select_from(Document).where(scope)) or 0)
+    documents = list(
+        await db.scalars(select(Document).where(scope).order_by(Document.url).limit(limit).offset(offset))
+    )
+    return [DocumentView(d, None, role) for d in documents], total
+
+
+async def schedule_due_crawls() -> int:
+    """Queue a crawl of every website whose update interval has come round; returns how many.
+
+    Safe to run from several workers at once: each website row is taken with SKIP LOCKED and its
+    next crawl time moved on in the same transaction that queues the run.
+    """
+    from allting.platform.db import system_transaction, transaction
+    from allting.platform.tenancy import set_tenant
+
+    now = utcnow()
+    async with system_transaction() as db:
+        due = list(
+            await db.execute(
+                select(Website.id, Website.tenant_id)
+                .where(Website.update_interval != "never", Website.next_crawl_at <= now)
+                .order_by(Website.next_crawl_at)
+                .limit(500)
+            )
+        )
+    queued = 0
+    for website_id, tenant_id in due:
+        async with transaction() as db:
+            await set_tenant(db, tenant_id)
+            website = await db.scalar(
+                select(Website)
+                .where(Website.id == website_id, Website.next_crawl_at <= now)
+                .with_for_update(skip_locked=True)
+            )
+            if website is None:
+                continue
+            website.next_crawl_at = _next_crawl(website, now)
+            if await _active_run(db, website.id) is not None:
+                continue
+            ctx = Ctx(tenant_id=tenant_id, user_id=website.created_by, actor_type="system")
+            await queue_crawl(db, ctx, website, trigger="scheduled")
+            queued += 1
+    if queued:
+        log.info("knowledge.crawls_scheduled", count=queued)
+    return queued
