@@ -249,7 +249,7 @@
           var head = el("p", "passage-source");
           head.appendChild(el("strong", null, p.title || ""));
           if (p.page) head.appendChild(el("span", null, " · " + t("page") + " " + p.page));
-          if (p.heading) head.appendChild(el("span", null, " · " + p.heading));
+          if (p.heading && p.heading !== p.title) head.appendChild(el("span", null, " · " + p.heading));
           item.appendChild(head);
           var text = p.text || "";
           item.appendChild(el("p", "passage-text", text.length > 600 ? text.slice(0, 600) + "…" : text));
