@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import Integer, delete, func, or_, select, update
+from sqlalchemy import Integer, bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from allting.ai import gateway
@@ -247,7 +247,9 @@ async def prepare_question(
     )
     created = conversation is None
     if created:
+        # The id is chosen here so that the conversation and its first message go in one flush.
         conversation = Conversation(
+            id=uuid.uuid4(),
             user_id=ctx.user_id,
             assistant_id=assistant.id,
             space_id=space.id,
@@ -255,8 +257,8 @@ async def prepare_question(
             title=prompting.automatic_title(question),
         )
         db.add(conversation)
-        await db.flush()
     message = Message(
+        id=uuid.uuid4(),
         conversation_id=conversation.id,
         question=question,
         answer="",
@@ -268,7 +270,8 @@ async def prepare_question(
         file_ids=[file.id for file in files],
     )
     db.add(message)
-    conversation.updated_at = utcnow()
+    if not created:
+        conversation.updated_at = utcnow()
     await db.flush()
     return PreparedQuestion(
         ctx=ctx,
@@ -330,6 +333,26 @@ class _Outcome:
     recorded: bool = False
 
 
+_FINISHED_FIELDS = (
+    "answer",
+    "status",
+    "error",
+    "model_id",
+    "model_name",
+    "provider_type",
+    "fallback_used",
+    "prompt_tokens",
+    "completion_tokens",
+    "completed_at",
+)
+_FINISH_MESSAGE = (
+    update(Message)
+    .where(Message.id == bindparam("message_id"))
+    .values({name: bindparam(name, type_=Message.__table__.c[name].type) for name in _FINISHED_FIELDS})
+    .execution_options(synchronize_session=False)
+)
+
+
 async def _record(prepared: PreparedQuestion, outcome: _Outcome, latency_ms: int) -> None:
     """Store the answer, its citations and its usage in one transaction, exactly once."""
     if outcome.recorded:
@@ -348,23 +371,22 @@ async def _record(prepared: PreparedQuestion, outcome: _Outcome, latency_ms: int
     )
     async with transaction() as db:
         await set_tenant(db, prepared.ctx.tenant_id)
-        # One UPDATE, without loading the question's row first.
+        # One UPDATE, without loading the question's row first; the statement is built once.
         await db.execute(
-            update(Message)
-            .where(Message.id == prepared.message_id)
-            .values(
-                answer=outcome.answer,
-                status=outcome.status,
-                error=outcome.error,
-                model_id=model.id,
-                model_name=model.name,
-                provider_type=model.provider_type,
-                fallback_used=outcome.served_by_index > 0,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                completed_at=utcnow(),
-            )
-            .execution_options(synchronize_session=False)
+            _FINISH_MESSAGE,
+            {
+                "message_id": prepared.message_id,
+                "answer": outcome.answer,
+                "status": outcome.status,
+                "error": outcome.error,
+                "model_id": model.id,
+                "model_name": model.name,
+                "provider_type": model.provider_type,
+                "fallback_used": outcome.served_by_index > 0,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "completed_at": utcnow(),
+            },
         )
         for citation in outcome.citations:
             db.add(
