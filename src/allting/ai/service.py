@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
@@ -463,8 +463,11 @@ async def load_model(db: AsyncSession, model_id: uuid.UUID) -> AiModel:
     return await _model(db, model_id)
 
 
+_MODEL_BY_ID = _models().where(AiModel.id == bindparam("model_id", type_=AiModel.id.type))
+
+
 async def _model(db: AsyncSession, model_id: uuid.UUID) -> AiModel:
-    model = await db.scalar(_models().where(AiModel.id == model_id))
+    model = await db.scalar(_MODEL_BY_ID, {"model_id": model_id})
     if model is None:
         raise NotFound("Model not found")
     return model
@@ -691,16 +694,19 @@ async def _used(db: AsyncSession, budget: Budget, start: datetime, end: datetime
 _SCOPE_NAMES = {"tenant": "your organisation", "space": "this space", "user": "your account"}
 
 
+# Built once: it runs before every model call. A NULL space or user matches no budget of that scope.
+_BUDGETS_FOR_CALL = select(Budget).where(
+    (Budget.scope == "tenant")
+    | ((Budget.scope == "space") & (Budget.scope_id == bindparam("space_id", type_=Budget.scope_id.type)))
+    | ((Budget.scope == "user") & (Budget.scope_id == bindparam("user_id", type_=Budget.scope_id.type)))
+)
+
+
 async def check_budgets(
     db: AsyncSession, ctx: Ctx, *, space_id: uuid.UUID | None, estimated_tokens: int
 ) -> None:
     """Refuse a call (429) before it reaches the provider when it would exceed a monthly budget."""
-    conditions = Budget.scope == "tenant"
-    if space_id:
-        conditions |= (Budget.scope == "space") & (Budget.scope_id == space_id)
-    if ctx.user_id:
-        conditions |= (Budget.scope == "user") & (Budget.scope_id == ctx.user_id)
-    budgets = list(await db.scalars(select(Budget).where(conditions)))
+    budgets = list(await db.scalars(_BUDGETS_FOR_CALL, {"space_id": space_id, "user_id": ctx.user_id}))
     if not budgets:
         return
     start, end = month_window()
