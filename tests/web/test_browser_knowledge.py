@@ -120,3 +120,41 @@ async def test_a_lost_live_connection_reconnects(page, live_url, chat_org):
     await line.get_by_text("The live connection was lost").wait_for()
     await page.locator('#knowledge[data-live="open"]').wait_for()
     await line.get_by_text("Connected again").wait_for()
+
+
+@pytest.fixture
+def site():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "knowledge"))
+    from site_server import SiteServer
+
+    with SiteServer() as server:
+        yield server
+
+
+async def test_add_a_website_see_its_crawl_then_crawl_now_and_read_the_history(
+    axe_page, live_url, chat_org, worker, site
+):
+    page = axe_page
+    space = (await chat_org.owner.client.post("/api/v1/spaces/", json={"name": "Webb"})).json()
+    await sign_in(page, live_url, chat_org.owner.email, chat_org.owner.password)
+    await page.goto(f"{live_url}/spaces/{space['id']}/knowledge")
+    await page.locator('#knowledge[data-live="open"]').wait_for()
+    await page.get_by_label("Address (URL)").fill(site.url + "/")
+    await page.get_by_label("Name (optional)").fill("Testkommunen")
+    await page.get_by_role("button", name="Add website").click()
+    card = page.locator(".website", has_text="Testkommunen")
+    await card.locator('.website-latest [data-role="run-status"]', has_text="Done").wait_for(timeout=60_000)
+    assert "new or changed" in await card.locator(".website-latest").inner_text()
+
+    await card.locator("summary", has_text="Run history").click()
+    await card.locator(".run-history tbody tr").first.wait_for()
+    await card.get_by_role("button", name="Crawl now").click()
+    await card.get_by_role("button", name="Crawl now").and_(page.locator("[disabled]")).wait_for()
+    await card.locator('.website-latest [data-role="run-status"]', has_text="Done").wait_for(timeout=60_000)
+    await card.locator(".run-history tbody tr").nth(1).wait_for()
+    assert await card.locator(".run-history tbody tr").count() == 2
+    assert await serious_violations(page) == []
+    await page.screenshot(path=str(SCREENSHOTS / "space-knowledge-websites.png"), full_page=True)

@@ -53,6 +53,8 @@ async def _space_context(db, page, space_id: uuid.UUID, tab: str) -> dict:
         "can_edit_assistant": _can(role, "assistant", "edit"),
         "can_knowledge": _can(role, "collection", "read"),
         "can_edit_knowledge": _can(role, "collection", "create"),
+        "can_websites": _can(role, "website", "read"),
+        "can_edit_websites": _can(role, "website", "create"),
     }
 
 

@@ -119,6 +119,7 @@ ERROR_MESSAGES: dict[str, str] = {
     "last_space_admin": _("A space needs at least one administrator."),
     "already_member": _("That person is already a member."),
     "egress_blocked": _("The address is not allowed."),
+    "crawl_running": _("A crawl of this website is already running. Wait for it to finish."),
     "session_ended": _("Your session has ended. Sign in again."),
 }
 del _

@@ -127,6 +127,7 @@
   function onJob(job) {
     var section = jobs[job.id];
     if (!section) return;
+    if (section.website) { onWebsiteJob(section.website, job); return; }
     var row = section.querySelector('tr[data-job-id="' + job.id + '"]');
     if (job.status === "running" && row) {
       var badge = row.querySelector('[data-role="status"]');
@@ -165,6 +166,7 @@
         showConnection(t("reconnected"), "ok");
         window.setTimeout(function () { if (attempts === 0) showConnection(""); }, 4000);
         loadAll();  // catch up on what happened while the connection was down
+        loadWebsites();
       }
     });
     socket.addEventListener("message", function (event) {
@@ -279,6 +281,188 @@
       if (event.dataTransfer && event.dataTransfer.files.length) upload(section, event.dataTransfer.files);
     });
   });
+
+  // Websites: add one, see each one's latest crawl with its counts, crawl now, and the run history.
+  var websiteList = document.getElementById("website-list");
+  var openHistories = {};
+  var canEditWebsites = root.getAttribute("data-can-edit-websites") === "true";
+  var runLabels = function (status) {
+    return { queued: t("queued"), running: t("running"), succeeded: t("succeeded"), failed: t("failed"),
+             cancelled: t("cancelled") }[status] || status;
+  };
+  function when(value) {
+    if (!value) return "";
+    var date = new Date(value);
+    return isNaN(date) ? value : date.toLocaleString(document.documentElement.lang || undefined,
+      { dateStyle: "short", timeStyle: "short" });
+  }
+  function runBadge(run) {
+    var badge = el("span", "badge" + (run.status === "succeeded" ? " ok" : run.status === "failed" ? " error" : ""),
+      runLabels(run.status));
+    badge.setAttribute("data-role", "run-status");
+    return badge;
+  }
+  function runCounts(run) {
+    return run.pages_crawled + " " + t("crawled") + ", " + run.pages_unchanged + " " + t("unchanged") + ", " +
+      run.pages_failed + " " + t("page-failures") + ", " + run.pages_removed + " " + t("removed");
+  }
+  function renderWebsites(items) {
+    websiteList.innerHTML = "";
+    if (!items.length) { websiteList.appendChild(el("p", "hint", t("no-websites"))); return; }
+    items.forEach(function (site) {
+      var card = el("section", "card stack website");
+      card.setAttribute("data-website-id", site.id);
+      var headingId = "w-" + site.id;
+      card.setAttribute("aria-labelledby", headingId);
+      var heading = el("h3", null, site.name);
+      heading.id = headingId;
+      card.appendChild(heading);
+      var link = el("p", "hint", site.url);
+      card.appendChild(link);
+      var latest = site.latest_crawl;
+      var line = el("p", "website-latest");
+      line.appendChild(el("span", null, t("last-run") + ": "));
+      if (latest) {
+        if (latest.job_id) jobs[latest.job_id] = { website: site.id };
+        line.appendChild(runBadge(latest));
+        line.appendChild(el("span", null, " " + runCounts(latest) + ". " + t("pages-total") + ": " + site.metadata.num_pages + "."));
+        if (latest.status === "running" || latest.status === "queued") {
+          var bar = el("progress");
+          bar.max = 100;
+          bar.value = latest.progress || 0;
+          bar.setAttribute("aria-label", site.name + " " + (latest.progress || 0) + "%");
+          line.appendChild(bar);
+        }
+        if (latest.error) line.appendChild(el("span", "error-text", " " + t("reason") + " " + latest.error));
+      } else {
+        line.appendChild(el("span", null, t("never-crawled")));
+      }
+      card.appendChild(line);
+      var actions = el("div", "row");
+      if (canEditWebsites) {
+        var busy = latest && (latest.status === "queued" || latest.status === "running");
+        var crawl = el("button", "button small", t("crawl-now"));
+        crawl.type = "button";
+        crawl.disabled = !!busy;
+        crawl.appendChild(el("span", "visually-hidden", " " + site.name));
+        crawl.addEventListener("click", function () { crawlNow(site, crawl); });
+        actions.appendChild(crawl);
+        var remove = el("button", "button danger small", t("delete"));
+        remove.type = "button";
+        remove.appendChild(el("span", "visually-hidden", " " + site.name));
+        remove.addEventListener("click", function () {
+          fetch("/api/v1/websites/" + site.id, { method: "DELETE", credentials: "same-origin", headers: headers(false) })
+            .then(loadWebsites);
+        });
+        actions.appendChild(remove);
+      }
+      card.appendChild(actions);
+      var history = el("details", "run-history");
+      history.appendChild(el("summary", null, t("history")));
+      var holder = el("div");
+      history.appendChild(holder);
+      history.addEventListener("toggle", function () {
+        openHistories[site.id] = history.open;
+        if (history.open) loadRuns(site, holder);
+      });
+      if (openHistories[site.id]) history.open = true;  // stays open, and up to date, across re-renders
+      card.appendChild(history);
+      websiteList.appendChild(card);
+    });
+  }
+  function loadRuns(site, holder) {
+    fetch("/api/v1/websites/" + site.id + "/runs/", { credentials: "same-origin" })
+      .then(function (response) { return response.json(); })
+      .then(function (body) {
+        holder.innerHTML = "";
+        var runs = body.items || [];
+        if (!runs.length) { holder.appendChild(el("p", "hint", t("no-runs"))); return; }
+        var table = el("table");
+        var caption = el("caption", "visually-hidden", t("history") + " " + site.name);
+        table.appendChild(caption);
+        var head = el("tr");
+        [t("started"), t("trigger"), t("outcome"), t("pages-total"), t("finished")].forEach(function (label) {
+          var th = el("th", null, label);
+          th.scope = "col";
+          head.appendChild(th);
+        });
+        var thead = el("thead");
+        thead.appendChild(head);
+        table.appendChild(thead);
+        var tbody = el("tbody");
+        runs.forEach(function (run) {
+          var row = el("tr");
+          row.appendChild(el("td", null, when(run.started_at || run.created_at)));
+          row.appendChild(el("td", null, run.trigger === "scheduled" ? t("scheduled") : t("manual")));
+          var outcome = el("td");
+          outcome.appendChild(runBadge(run));
+          if (run.error) outcome.appendChild(el("p", "error-text", t("reason") + " " + run.error));
+          row.appendChild(outcome);
+          row.appendChild(el("td", null, runCounts(run)));
+          row.appendChild(el("td", null, when(run.finished_at)));
+          tbody.appendChild(row);
+        });
+        table.appendChild(tbody);
+        holder.appendChild(table);
+      });
+  }
+  function loadWebsites() {
+    if (!websiteList) return Promise.resolve();
+    return fetch("/api/v1/spaces/" + spaceId + "/websites/", { credentials: "same-origin" })
+      .then(function (response) { if (!response.ok) throw new Error(String(response.status)); return response.json(); })
+      .then(function (body) { renderWebsites(body.items || []); });
+  }
+  function crawlNow(site, button) {
+    button.disabled = true;
+    fetch("/api/v1/websites/" + site.id + "/run/", { method: "POST", credentials: "same-origin", headers: headers(false) })
+      .then(function (response) {
+        return response.json().catch(function () { return {}; }).then(function (body) {
+          if (!response.ok) { button.disabled = false; announce(errorText(body, response.status)); return; }
+          if (body.job_id) jobs[body.job_id] = { website: site.id };
+          announce(t("crawl-queued"));
+          return loadWebsites();
+        });
+      });
+  }
+  function onWebsiteJob(websiteId, job) {
+    var card = websiteList && websiteList.querySelector('[data-website-id="' + websiteId + '"]');
+    if (job.status === "running" && card) {
+      var badge = card.querySelector('.website-latest [data-role="run-status"]');
+      if (badge) badge.textContent = runLabels("running");
+      var bar = card.querySelector(".website-latest progress");
+      if (bar && typeof job.progress === "number") bar.value = job.progress;
+      return;
+    }
+    if (job.status === "succeeded" || job.status === "failed" || job.status === "cancelled") loadWebsites();
+  }
+  var websiteForm = document.getElementById("new-website");
+  if (websiteForm) {
+    websiteForm.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var problem = document.getElementById("new-website-error");
+      var value = function (name) { return websiteForm.querySelector("[name=" + name + "]").value.trim(); };
+      var body = { url: value("url"), crawl_type: value("crawl_type"), update_interval: value("update_interval"),
+                   max_pages: parseInt(value("max_pages"), 10) || 500 };
+      if (value("name")) body.name = value("name");
+      fetch("/api/v1/spaces/" + spaceId + "/websites/", {
+        method: "POST", credentials: "same-origin", headers: headers(true), body: JSON.stringify(body)
+      }).then(function (response) {
+        return response.json().catch(function () { return {}; }).then(function (result) {
+          if (!response.ok) {
+            var detail = (result.details && result.details[0] && result.details[0].message) || "";
+            problem.textContent = errorText(result, response.status) + (detail && detail !== result.message ? " " + detail : "");
+            problem.hidden = false;
+            return;
+          }
+          problem.hidden = true;
+          websiteForm.reset();
+          if (result.latest_crawl && result.latest_crawl.job_id) jobs[result.latest_crawl.job_id] = { website: result.id };
+          return loadWebsites();
+        });
+      });
+    });
+  }
   loadAll().catch(function () { announce(t("load-failed")); });
+  loadWebsites().catch(function () { announce(t("load-failed")); });
   connect();
 })();
