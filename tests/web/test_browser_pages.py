@@ -121,7 +121,10 @@ async def test_main_pages_have_no_serious_accessibility_violations_and_screensho
             await page.wait_for_load_state("networkidle")
             if found := await serious_violations(page):
                 problems[f"{url} {theme}"] = found
-            name = url.split("?")[0].strip("/").replace(f"spaces/{space['id']}", "space").replace("/", "-") or "chat"
+            name = (
+                url.split("?")[0].strip("/").replace(f"spaces/{space['id']}", "space").replace("/", "-")
+                or "chat"
+            )
             await page.screenshot(path=str(SCREENSHOTS / f"{name}-{theme}.png"), full_page=True)
         await context.close()
     # A phone-width chat page.
