@@ -101,10 +101,21 @@ class RequestContextMiddleware:
         except _BodyTooLarge:
             if not response_started:
                 await _send_error(tracked_send, 413, "payload_too_large", _too_large(limit))
-        except Exception:
+        except Exception as exc:
             # Unhandled errors are logged by the application's handler further out; the answer is
             # given here so that it too carries the correlation id and the security headers.
             if not response_started:
+                if (dependency := dependency_outage(exc)) is not None:
+                    log.warning(
+                        "request.dependency_unavailable", dependency=dependency, error=type(exc).__name__
+                    )
+                    response = JSONResponse(
+                        _unavailable_body(dependency),
+                        status_code=503,
+                        headers={"Retry-After": UNAVAILABLE_RETRY_AFTER, "connection": "close"},
+                    )
+                    await response({"type": "http"}, _no_receive, tracked_send)
+                    return
                 await _send_error(tracked_send, 500, "internal_error", INTERNAL_ERROR_MESSAGE)
             raise
         finally:
@@ -113,6 +124,52 @@ class RequestContextMiddleware:
 
 
 INTERNAL_ERROR_MESSAGE = "Something went wrong on our side; quote the correlation id to support"
+UNAVAILABLE_MESSAGE = "A service this request needs is briefly unavailable; try again shortly"
+UNAVAILABLE_RETRY_AFTER = "5"
+
+
+def dependency_outage(exc: BaseException) -> str | None:
+    """Which dependency (postgres, redis) an exception shows to be unreachable, or None.
+
+    A PostgreSQL or Redis restart is not a bug: the request gets 503 with Retry-After, not 500.
+    """
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from sqlalchemy.exc import DBAPIError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, RedisConnectionError | RedisTimeoutError):
+            return "redis"
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return "postgres"
+        sqlstate = getattr(current, "sqlstate", None)
+        # Class 08: connection exceptions; 57P01-57P03: shutdown, crash shutdown, cannot connect now.
+        if isinstance(sqlstate, str) and (
+            sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03")
+        ):
+            return "postgres"
+        if type(current).__name__ in ("ConnectionDoesNotExistError", "ConnectionFailureError"):
+            return "postgres"
+        # A refused, reset or timed-out connection, or a Unix socket that is gone (no file name:
+        # not a missing file the request asked for).
+        if isinstance(current, ConnectionError | TimeoutError) or (
+            isinstance(current, FileNotFoundError) and current.filename is None
+        ):
+            return "service"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _unavailable_body(code_source: str) -> dict:
+    return {
+        "code": "service_unavailable",
+        "message": UNAVAILABLE_MESSAGE,
+        "details": {"dependency": code_source},
+        "correlation_id": correlation_id.get(),
+    }
 
 
 def _too_large(limit: int) -> str:
@@ -224,6 +281,27 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
+
+    async def maybe_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        """Connection failures to PostgreSQL or Redis answer 503; anything else is a 500."""
+        if (dependency := dependency_outage(exc)) is None:
+            return await unexpected_error(request, exc)
+        log.warning(
+            "request.dependency_unavailable",
+            path=request.url.path,
+            dependency=dependency,
+            error=type(exc).__name__,
+        )
+        body = _unavailable_body(dependency)
+        body["correlation_id"] = getattr(request.state, "correlation_id", None)
+        return JSONResponse(body, status_code=503, headers={"Retry-After": UNAVAILABLE_RETRY_AFTER})
+
+    from redis.exceptions import RedisError
+    from sqlalchemy.exc import DBAPIError
+
+    # Handled inside the exception middleware (not re-raised to the server, unlike `Exception`).
+    for outage_type in (OSError, DBAPIError, RedisError):
+        app.add_exception_handler(outage_type, maybe_unavailable)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
