@@ -7,6 +7,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from redis.exceptions import RedisError
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,11 +15,14 @@ from allting.deps import Ctx
 from allting.jobs.models import Job
 from allting.platform.db import utcnow
 from allting.platform.errors import Conflict, NotFound
+from allting.platform.logging import get_logger
 from allting.platform.queue import enqueue_after_commit
 from allting.platform.redis import get_redis
 from allting.platform.settings import get_settings
 
 ACTIVE_STATES = ("queued", "running")
+
+log = get_logger(__name__)
 
 
 def events_channel(tenant_id: uuid.UUID, user_id: uuid.UUID | None) -> str:
@@ -72,7 +76,11 @@ async def cancel_job(db: AsyncSession, ctx: Ctx, job_id: uuid.UUID) -> Job:
 
 
 async def publish(job: Job) -> None:
-    """Tell the job's owner (on every API process) that the job changed."""
+    """Tell the job's owner (on every API process) that the job changed.
+
+    Best effort: the row is the record and clients re-read it, so a Redis outage must not fail the
+    job (a failed publish right after a claim used to leave the job running until its lease expired).
+    """
     event = {
         "type": "job",
         "data": {
@@ -85,7 +93,10 @@ async def publish(job: Job) -> None:
             "result": job.result,
         },
     }
-    await get_redis().publish(events_channel(job.tenant_id, job.user_id), json.dumps(event))
+    try:
+        await get_redis().publish(events_channel(job.tenant_id, job.user_id), json.dumps(event))
+    except (RedisError, OSError) as exc:
+        log.warning("job.publish_failed", job_id=str(job.id), status=job.status, error=type(exc).__name__)
 
 
 # The statements below run on system sessions: a worker learns a job's tenant from its row.
