@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import uuid
 from collections.abc import Awaitable, Callable
@@ -31,7 +32,11 @@ from allting.platform.tenancy import set_tenant
 
 log = get_logger(__name__)
 
-RECONCILE_QUEUED_AFTER = timedelta(seconds=60)
+# How long a queued row waits for its queue message before the reconciler sends it again, and how
+# often the reconciler runs. The environment overrides exist so fault tests (and operators who want
+# faster recovery) can shorten them; they belong in Settings.
+RECONCILE_QUEUED_AFTER = timedelta(seconds=float(os.environ.get("JOB_RECONCILE_QUEUED_AFTER_SECONDS", "60")))
+RECONCILE_CRON = os.environ.get("JOB_RECONCILE_CRON", "* * * * *")
 RETRY_BASE_SECONDS = 5.0
 RETRY_MAX_SECONDS = 300.0
 
@@ -205,7 +210,7 @@ def build_worker(*, in_process: bool) -> Worker:
         get_queue(),
         functions=[(RUN_JOB, run_job)],
         cron_jobs=[
-            CronJob(reconcile, cron="* * * * *", unique=True),
+            CronJob(reconcile, cron=RECONCILE_CRON, unique=True),
             CronJob(purge_expired_conversations, cron="17 3 * * *", unique=True),
         ],
         concurrency=get_settings().worker_concurrency,
