@@ -107,6 +107,7 @@ async def test_a_failed_document_says_why(page, live_url, chat_org, worker):
     ).first
     await outcome.wait_for(timeout=30_000)
     text = await outcome.inner_text()
+    print("OUTCOME:", text)
     assert text.strip(), text
 
 

@@ -252,3 +252,20 @@ async def test_service_errors_are_translated_on_swedish_pages():
     assert translate_error("en", "budget_exceeded", "Monthly budget used up") == "Monthly budget used up"
     assert translate_error("sv", "some_new_code", "Something odd") == "Something odd"
     assert client_messages("sv")["unsupported_media_type"] == "Filtypen stöds inte."
+
+
+async def test_a_connection_test_is_shown_in_the_providers_row(app, chat_org):
+    client = await sign_in(app, chat_org.owner.email, chat_org.owner.password)
+    try:
+        page = await client.get("/admin/ai")
+        provider_id = re.search(r'action="/admin/ai/providers/([0-9a-f-]{36})/test"', page.text).group(1)
+        tested = await client.post(
+            f"/admin/ai/providers/{provider_id}/test", data={"csrf_token": _token(page.text)}
+        )
+        assert tested.status_code == 200
+        row = re.search(rf'id="test-{provider_id}">([^<]+)<', tested.text)
+        assert row and row.group(1).startswith("Anslutningen fungerar."), tested.text[
+            :500
+        ]  # Swedish by default
+    finally:
+        await client.aclose()
