@@ -30,6 +30,9 @@ class Ctx:
     assistant_id: uuid.UUID | None = None
     client_address: str | None = None
     correlation_id: str | None = None
+    # Read with the caller's identity so a question need not look budgets up when the tenant has
+    # none (the usual case); None when unknown, which means "look them up".
+    tenant_has_budgets: bool | None = None
 
     def has(self, permission: str) -> bool:
         return permission in self.permissions

@@ -706,6 +706,8 @@ async def check_budgets(
     db: AsyncSession, ctx: Ctx, *, space_id: uuid.UUID | None, estimated_tokens: int
 ) -> None:
     """Refuse a call (429) before it reaches the provider when it would exceed a monthly budget."""
+    if ctx.tenant_has_budgets is False:
+        return
     budgets = list(await db.scalars(_BUDGETS_FOR_CALL, {"space_id": space_id, "user_id": ctx.user_id}))
     if not budgets:
         return

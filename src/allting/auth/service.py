@@ -6,9 +6,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from allting.ai.models import Budget
 from allting.audit import service as audit
 from allting.auth.models import AuthSession
 from allting.deps import Ctx
@@ -265,6 +266,7 @@ def _context_query(with_session: bool):
             Role.key,
             Role.permissions,
             Tenant.state.label("tenant_state"),
+            exists(select(Budget.id).where(Budget.tenant_id == User.tenant_id)).label("has_budgets"),
         )
         .join(Role, Role.id == User.role_id)
         .join(Tenant, Tenant.id == User.tenant_id)
@@ -313,6 +315,7 @@ async def _context_for(
         permissions=frozenset(row.permissions),
         session_id=session_id,
         api_key_id=api_key_id,
+        tenant_has_budgets=row.has_budgets,
     )
 
 
