@@ -252,6 +252,11 @@ async def test_service_errors_are_translated_on_swedish_pages():
     assert translate_error("en", "budget_exceeded", "Monthly budget used up") == "Monthly budget used up"
     assert translate_error("sv", "some_new_code", "Something odd") == "Something odd"
     assert client_messages("sv")["unsupported_media_type"] == "Filtypen stöds inte."
+    from allting.web.errors import document_error_texts
+
+    damaged = "The file is damaged or incomplete and could not be read."
+    assert document_error_texts("sv")[damaged].startswith("Filen är skadad")
+    assert document_error_texts("en") == {}
 
 
 async def test_a_connection_test_is_shown_in_the_providers_row(app, chat_org):

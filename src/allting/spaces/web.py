@@ -17,6 +17,7 @@ from allting.spaces import permissions
 from allting.spaces import service as spaces_service
 from allting.spaces.schemas import MemberAdd, MemberUpdate, SpaceCreate, SpaceUpdate
 from allting.users.models import User
+from allting.web.errors import document_error_texts
 from allting.web.rendering import gettext_for, parse_uuid, redirect, render
 from allting.web.web import Csrf, SignedIn, done, error_text
 
@@ -242,6 +243,7 @@ async def delete_assistant_form(
 async def space_knowledge_page(request: Request, db: DbSession, page: SignedIn, space_id: uuid.UUID):
     values = await _space_context(db, page, space_id, "knowledge")
     values["collections"] = await _collections(db, space_id) if values["can_knowledge"] else []
+    values["error_texts"] = document_error_texts(page.language)
     return render(request, "spaces/knowledge.html", values)
 
 

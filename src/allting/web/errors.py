@@ -33,3 +33,13 @@ def client_messages(language: str) -> dict[str, str]:
         return {}
     gettext = gettext_for(language)
     return {code: gettext(text) for code, text in _messages().items()}
+
+
+def document_error_texts(language: str) -> dict[str, str]:
+    """English failure reason → the page's language, for the knowledge tab's script."""
+    from allting.web.web import DOCUMENT_ERRORS
+
+    if language == "en":
+        return {}
+    gettext = gettext_for(language)
+    return {text: gettext(text) for text in DOCUMENT_ERRORS if gettext(text) != text}

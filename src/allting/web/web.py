@@ -122,6 +122,22 @@ ERROR_MESSAGES: dict[str, str] = {
     "crawl_running": _("A crawl of this website is already running. Wait for it to finish."),
     "session_ended": _("Your session has ended. Sign in again."),
 }
+# Why a document or a crawl failed, as the worker records it (fixed sentences only).
+DOCUMENT_ERRORS: tuple[str, ...] = (
+    _("The file is damaged or incomplete and could not be read."),
+    _("The file is password-protected. Remove the password and upload it again."),
+    _("The PDF is password-protected; remove the password and upload it again."),
+    _("The document contains no readable text."),
+    _("The document is nested too deeply to be read."),
+    _("The document is too large to process. Split it into smaller files."),
+    _("The file contains two parts with the same name, so it was not opened."),
+    _("The CSV file could not be read: a field is too long or its quoting is broken."),
+    _("The recording contains no speech that could be transcribed."),
+    _("The original file is missing from storage; upload it again"),
+    _("The collection has no embedding model; choose one and process the document again"),
+    _("The website has no embedding model; add it again to choose one"),
+    _("The stored password of the website cannot be read; enter it again"),
+)
 del _
 
 

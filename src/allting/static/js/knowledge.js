@@ -37,6 +37,10 @@
     connection.className = "connection-status" + (kind ? " " + kind : "");
   }
   function errorText(error, fallback) { return window.AlltingErrorText(error, fallback); }
+  var reasons = {};
+  try { reasons = JSON.parse(root.getAttribute("data-error-texts") || "{}"); } catch (e) { reasons = {}; }
+  // A failure reason recorded by the worker, in the page's language when the catalog has it.
+  function reasonText(text) { return (text && reasons[text]) || text || t("unknown-reason"); }
 
   var form = document.getElementById("new-collection");
   if (form) {
@@ -69,7 +73,7 @@
       cell.appendChild(bar);
     }
     if (doc.status === "failed") {
-      var reason = el("p", "error-text", t("reason") + " " + (doc.error || t("unknown-reason")));
+      var reason = el("p", "error-text", t("reason") + " " + reasonText(doc.error));
       reason.setAttribute("data-role", "reason");
       cell.appendChild(reason);
     }
@@ -333,7 +337,7 @@
           bar.setAttribute("aria-label", site.name + " " + (latest.progress || 0) + "%");
           line.appendChild(bar);
         }
-        if (latest.error) line.appendChild(el("span", "error-text", " " + t("reason") + " " + latest.error));
+        if (latest.error) line.appendChild(el("span", "error-text", " " + t("reason") + " " + reasonText(latest.error)));
       } else {
         line.appendChild(el("span", null, t("never-crawled")));
       }
@@ -396,7 +400,7 @@
           row.appendChild(el("td", null, run.trigger === "scheduled" ? t("scheduled") : t("manual")));
           var outcome = el("td");
           outcome.appendChild(runBadge(run));
-          if (run.error) outcome.appendChild(el("p", "error-text", t("reason") + " " + run.error));
+          if (run.error) outcome.appendChild(el("p", "error-text", t("reason") + " " + reasonText(run.error)));
           row.appendChild(outcome);
           row.appendChild(el("td", null, runCounts(run)));
           row.appendChild(el("td", null, when(run.finished_at)));
