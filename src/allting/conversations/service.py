@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import Integer, bindparam, delete, func, or_, select, update
+from sqlalchemy import Integer, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from allting.ai import gateway
@@ -246,37 +246,55 @@ async def prepare_question(
         db, ctx, model, kind="completion", space_id=space.id, estimated_tokens=estimated
     )
     created = conversation is None
+    now = utcnow()
+    message_values = {
+        "id": uuid.uuid4(),
+        "tenant_id": ctx.tenant_id,
+        "created_at": now,
+        "updated_at": now,
+        "question": question,
+        "answer": "",
+        "status": "streaming",
+        "model_id": model.id,
+        "model_name": model.name,
+        "provider_type": model.provider_type,
+        "fallback_used": False,
+        "prompt_version": assistant.prompt_version,
+        "file_ids": [file.id for file in files],
+    }
     if created:
-        # The id is chosen here so that the conversation and its first message go in one flush.
-        conversation = Conversation(
-            id=uuid.uuid4(),
-            user_id=ctx.user_id,
-            assistant_id=assistant.id,
-            space_id=space.id,
-            api_key_id=ctx.api_key_id if ctx.actor_type == "assistant_key" else None,
-            title=prompting.automatic_title(question),
+        # A new conversation and its first message in one statement (one round trip, no unit of
+        # work). The tenant is the caller's; row-level security checks it as for any other write.
+        conversation_id = uuid.uuid4()
+        new_conversation = (
+            insert(Conversation.__table__)
+            .values(
+                id=conversation_id,
+                tenant_id=ctx.tenant_id,
+                created_at=now,
+                updated_at=now,
+                user_id=ctx.user_id,
+                assistant_id=assistant.id,
+                space_id=space.id,
+                api_key_id=ctx.api_key_id if ctx.actor_type == "assistant_key" else None,
+                title=prompting.automatic_title(question),
+            )
+            .cte("new_conversation")
         )
-        db.add(conversation)
-    message = Message(
-        id=uuid.uuid4(),
-        conversation_id=conversation.id,
-        question=question,
-        answer="",
-        status="streaming",
-        model_id=model.id,
-        model_name=model.name,
-        provider_type=model.provider_type,
-        prompt_version=assistant.prompt_version,
-        file_ids=[file.id for file in files],
-    )
-    db.add(message)
-    if not created:
-        conversation.updated_at = utcnow()
-    await db.flush()
+        await db.execute(
+            insert(Message.__table__)
+            .values(conversation_id=conversation_id, **message_values)
+            .add_cte(new_conversation)
+        )
+    else:
+        conversation_id = conversation.id
+        db.add(Message(conversation_id=conversation_id, **message_values))
+        conversation.updated_at = now
+        await db.flush()
     return PreparedQuestion(
         ctx=ctx,
-        conversation_id=conversation.id,
-        message_id=message.id,
+        conversation_id=conversation_id,
+        message_id=message_values["id"],
         question=question,
         assistant_id=assistant.id,
         space_id=space.id,
