@@ -342,7 +342,7 @@ async def _cancel_if_active(db: AsyncSession, job_id: uuid.UUID) -> None:
     if job is not None and job.status in jobs_service.ACTIVE_STATES:
         job.status = "cancelled"
         job.error = "Superseded by a newer request"
-        job.finished_at = func.now()
+        job.finished_at = utcnow()
 
 
 async def delete_collection(db: AsyncSession, ctx: Ctx, collection_id: uuid.UUID) -> None:
