@@ -15,9 +15,10 @@ import random
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from croniter import croniter
 from saq import CronJob, Worker
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -191,6 +192,25 @@ class AlltingWorker(Worker):
     async def upkeep(self) -> list[asyncio.Task]:
         self._upkeep_tasks = await super().upkeep()
         return self._upkeep_tasks
+
+    async def schedule(self, lock: int = 1) -> None:
+        """SAQ's cron scheduling with one key per tick rather than one per function.
+
+        SAQ keys a unique cron job `cron:<function>`. A worker killed while it held the reconciler's
+        job left that key active, and every later tick was skipped until SAQ's sweep freed it (a
+        minute or more): the very recovery that should follow a kill stalled. Per tick, workers
+        still agree on one key, so each tick runs once.
+        """
+        for cron_job in self.cron_jobs:
+            kwargs = cron_job.__dict__.copy()
+            function = kwargs.pop("function").__qualname__
+            unique = kwargs.pop("unique")
+            scheduled = int(croniter(kwargs.pop("cron"), datetime.now(self.cron_tz)).get_next())
+            kwargs["key"] = f"cron:{function}:{scheduled}" if unique else None
+            await self.queue.enqueue(
+                function, scheduled=scheduled, **{k: v for k, v in kwargs.items() if v is not None}
+            )
+        await self.queue.schedule(lock)
 
     async def stop(self) -> None:
         for upkeep_task in self._upkeep_tasks:
