@@ -47,15 +47,20 @@ async def create(count: int, seconds: float) -> list[str]:
     from allting.platform.settings import get_settings
     from allting.platform.tenancy import set_tenant
     from allting.tenants.models import Tenant
+    from allting.users.models import User
 
     active = await runtime.start(get_settings(), run_migrations=False)
     try:
         async with system_transaction() as db:
             tenant_id = await db.scalar(select(Tenant.id).order_by(Tenant.created_at).limit(1))
+            # The first user (the administrator the API created) owns the jobs, so the API shows them.
+            user_id = await db.scalar(
+                select(User.id).where(User.tenant_id == tenant_id).order_by(User.created_at).limit(1)
+            )
         ids = []
         async with transaction() as db:
             await set_tenant(db, tenant_id)
-            ctx = Ctx(tenant_id=tenant_id, user_id=None, actor_type="system")
+            ctx = Ctx(tenant_id=tenant_id, user_id=user_id, actor_type="user")
             for _ in range(count):
                 payload = {"marker": uuid.uuid4().hex, "seconds": seconds}
                 job = await jobs_service.create_job(db, ctx, TASK, payload, name=TASK)

@@ -21,6 +21,7 @@ def test_redis_restart_loses_no_job_and_the_api_degrades_without_errors(stack):
 
     # A backlog for the single worker, then Redis dies and its queue with it (AOF removed: the worst case).
     ids = stack.create_jobs(QUEUED, seconds=1.5)
+    [to_cancel] = stack.create_jobs(1, seconds=30)
     stack.stop_redis()
     for name in ("appendonly.aof", "dump.rdb"):
         (stack.data_dir / "redis" / name).unlink(missing_ok=True)
@@ -36,6 +37,15 @@ def test_redis_restart_loses_no_job_and_the_api_degrades_without_errors(stack):
     groups = httpx.get(f"{stack.url}/api/v1/groups/", headers=auth, timeout=15)
     assert groups.status_code == 200, groups.text
     assert time.monotonic() - started < 5
+
+    # A request that needs Redis says so (503), and one that only tells Redis (a cancelled job's
+    # event) still does its work.
+    ticket = httpx.post(f"{stack.url}/api/v1/ws/ticket", headers=auth, timeout=15)
+    assert ticket.status_code == 503, ticket.text
+    assert ticket.headers["Retry-After"].isdigit()
+    cancelled = httpx.post(f"{stack.url}/api/v1/jobs/{to_cancel}/cancel", headers=auth, timeout=15)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
 
     # Sign-in throttling falls back to the process's own bound: 401s, then 429, never a 500.
     statuses = []
@@ -65,7 +75,8 @@ def test_redis_restart_loses_no_job_and_the_api_degrades_without_errors(stack):
 
     # The same worker process, never restarted, finishes the backlog and new work.
     after = stack.create_jobs(3, seconds=0.2)
-    rows = stack.wait_jobs_done(ids + after, timeout=60)
+    rows = stack.wait_jobs_done([*ids, *after, to_cancel], timeout=60)
+    assert rows.pop(to_cancel)["effects"] == 0
     assert worker.poll() is None, stack.log_tail()
     succeeded = sum(1 for row in rows.values() if row["status"] == "succeeded")
     duplicates = sum(1 for row in rows.values() if row["effects"] > 1)

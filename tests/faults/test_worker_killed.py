@@ -1,4 +1,5 @@
-"""A worker SIGKILLed in the middle of jobs: other workers finish them, exactly once."""
+"""Workers SIGKILLed, or paused past their lease (SIGSTOP), in the middle of jobs: other workers
+finish the jobs exactly once, and a paused worker that wakes up cannot commit its stale attempt."""
 
 from __future__ import annotations
 
@@ -12,9 +13,27 @@ pytestmark = pytest.mark.slow
 
 JOBS = 20
 KILLS = 5
+PAUSES = 2
+PAUSED_JOBS = 4  # per pause
 
 
-def test_sigkilled_workers_lose_no_job_and_duplicate_no_effect(stack):
+def _busy_workers(stack, rows) -> list:
+    """Live workers inside a task: an attempt marked by their pid on a job still running."""
+    running = {(row["marker"], row["attempts"]) for row in rows.values() if row["status"] == "running"}
+    busy = set()
+    for name in os.listdir(stack.mark_dir):
+        marker, attempt, pid = name.split(".")
+        if (marker, int(attempt)) in running:
+            busy.add(int(pid))
+    return [worker for worker in stack.workers if worker.poll() is None and worker.pid in busy]
+
+
+def tuple_of(mark: str) -> tuple[str, int]:
+    marker, attempt, _ = mark.split(".")
+    return marker, int(attempt)
+
+
+def test_killed_or_paused_workers_lose_no_job_and_duplicate_no_effect(stack):
     stack.start_api()
     stack.start_worker()
     stack.start_worker()
@@ -27,17 +46,11 @@ def test_sigkilled_workers_lose_no_job_and_duplicate_no_effect(stack):
         victim = None
         while victim is None:
             rows = stack.jobs(ids)
-            running_markers = {row["marker"] for row in rows.values() if row["status"] == "running"}
-            busy_pids = {
-                int(name.rsplit(".", 1)[1])
-                for name in os.listdir(stack.mark_dir)
-                if name.split(".", 1)[0] in running_markers
-            }
-            alive = [worker for worker in stack.workers if worker.poll() is None and worker.pid in busy_pids]
-            if alive:
-                victim = alive[0]
-            elif not running_markers and all(row["status"] == "succeeded" for row in rows.values()):
+            if all(row["status"] == "succeeded" for row in rows.values()):
                 break
+            busy = _busy_workers(stack, rows)
+            if busy:
+                victim = busy[0]
             else:
                 assert time.monotonic() < deadline, stack.log_tail()
                 time.sleep(0.1)
@@ -66,3 +79,38 @@ def test_sigkilled_workers_lose_no_job_and_duplicate_no_effect(stack):
     assert retried >= 1
     assert lost == 0
     assert duplicates == 0
+
+    # A worker paused longer than its lease is presumed dead: its jobs go to another worker, and
+    # when it resumes, its finish is fenced by the attempt number and its effects roll back.
+    paused_ids: list[str] = []
+    superseded = 0
+    for _ in range(PAUSES):
+        paused_ids += stack.create_jobs(PAUSED_JOBS, seconds=3)
+        deadline = time.monotonic() + 30
+        while not (busy := _busy_workers(stack, stack.jobs(paused_ids))):
+            assert time.monotonic() < deadline, stack.log_tail()
+            time.sleep(0.1)
+        zombie = busy[0]
+        zombie.send_signal(signal.SIGSTOP)
+        running = {(row["marker"], row["attempts"]) for row in stack.jobs(paused_ids).values()}
+        in_flight = [
+            name.split(".")[:2]
+            for name in os.listdir(stack.mark_dir)
+            if name.endswith(f".{zombie.pid}") and tuple_of(name) in running
+        ]
+        time.sleep(10)  # lease 3 s, reconciler every 2 s: another worker takes the jobs over
+        zombie.send_signal(signal.SIGCONT)
+        rows = stack.jobs(paused_ids)
+        for marker, attempt in in_flight:
+            row = next(row for row in rows.values() if row["marker"] == marker)
+            superseded += row["attempts"] > int(attempt)
+    rows = stack.wait_jobs_done(paused_ids, timeout=60)
+    double_applied = sum(1 for row in rows.values() if row["effects"] != 1)
+    print(
+        f"{len(paused_ids)} jobs, {PAUSES} SIGSTOP pauses of 10 s (lease 3 s): {superseded} paused attempts"
+        f" superseded and fenced, {double_applied} double-applied or missing effects,"
+        f" {sum(row['status'] == 'succeeded' for row in rows.values())}/{len(paused_ids)} succeeded"
+    )
+    assert superseded >= PAUSES
+    assert double_applied == 0
+    assert all(row["status"] == "succeeded" for row in rows.values())
