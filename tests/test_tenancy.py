@@ -53,6 +53,7 @@ ID_KINDS = {
     "file_id": "file",
     "collection_id": "collection",
     "document_id": "document",
+    "website_id": "website",
 }
 # Routes outside tenant isolation: the operator's (X-API-Key, tests/sysadmin) and sign-in's, which
 # run before anyone belongs to a tenant (tests/auth, tests/oidc).
@@ -90,6 +91,8 @@ REQUESTS = {
     ("PATCH", "/api/v1/conversations/{conversation_id}/"): _json({"title": "probe"}),
     ("POST", "/api/v1/conversations/{conversation_id}/messages/{message_id}/feedback"): _json({"value": 1}),
     ("POST", "/api/v1/collections/{collection_id}/search/"): _json({"query": "probe"}),
+    ("POST", "/api/v1/websites/{website_id}/search/"): _json({"query": "probe"}),
+    ("POST", "/api/v1/spaces/{space_id}/websites/"): _json({"url": "https://www.probe.example/"}),
     ("POST", "/api/v1/collections/{collection_id}/documents/text"): _json(
         {"title": "probe", "text": "probe"}
     ),
@@ -103,9 +106,6 @@ def kind_of(path: str, param: str) -> str:
         if name == param and path.startswith(prefix):
             return kind
     return ID_KINDS[param]
-
-
-# Known cross-tenant defects in code owned elsewhere; strict, so they fail loudly once fixed.
 
 
 def _param_routes(app) -> list[tuple[str, str]]:
@@ -289,6 +289,12 @@ class Tenant:
                 json={"title": f"Document of {tenant.slug}", "text": "Opening hours are nine to five."},
             )
         )
+        website = await made(
+            await owner.post(
+                f"/api/v1/spaces/{space['id']}/websites/",
+                json={"url": f"https://www.{tenant.slug}.example/", "name": f"Website of {tenant.slug}"},
+            )
+        )
         assistant_key = await made(
             await owner.post(f"/api/v1/assistants/{assistant['id']}/api-keys/", json={"name": "integration"})
         )
@@ -326,6 +332,7 @@ class Tenant:
             "message": uuid.UUID(asked["message_id"]),
             "collection": uuid.UUID(collection["id"]),
             "document": uuid.UUID(document["id"]),
+            "website": uuid.UUID(website["id"]),
         }
         tenant.markers = {str(value) for value in tenant.ids.values()} | {
             str(tenant.id),
@@ -344,6 +351,7 @@ class Tenant:
             f"{tenant.slug}.txt",
             collection["name"],
             document["title"],
+            website["name"],
             f"embedding-{tenant.slug}",
         }
         return tenant
