@@ -230,8 +230,9 @@ def build_worker(*, in_process: bool) -> Worker:
         get_queue(),
         functions=[(RUN_JOB, run_job)],
         cron_jobs=[
-            CronJob(reconcile, cron=RECONCILE_CRON, unique=True),
-            CronJob(purge_expired_conversations, cron="17 3 * * *", unique=True),
+            # SAQ aborts a job after 10 s unless told otherwise; maintenance may take longer.
+            CronJob(reconcile, cron=RECONCILE_CRON, unique=True, timeout=60),
+            CronJob(purge_expired_conversations, cron="17 3 * * *", unique=True, timeout=3600),
         ],
         concurrency=get_settings().worker_concurrency,
         shutdown_grace_period_s=10,
