@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,9 +40,10 @@ def _free_port() -> int:
 
 
 class Stack:
-    def __init__(self, data_dir: Path, **env: str) -> None:
+    def __init__(self, data_dir: Path, log_dir: Path, **env: str) -> None:
         self.data_dir = data_dir
-        self.mark_dir = data_dir.parent / "marks"
+        self.log_dir = log_dir
+        self.mark_dir = log_dir / "marks"
         self.mark_dir.mkdir(parents=True, exist_ok=True)
         base = {
             key: value
@@ -68,7 +71,7 @@ class Stack:
         self.logs: list[Path] = []
 
     def _spawn(self, args: list[str], name: str) -> subprocess.Popen:
-        log = self.data_dir.parent / f"{name}-{len(self.logs)}.log"
+        log = self.log_dir / f"{name}-{len(self.logs)}.log"
         self.logs.append(log)
         return subprocess.Popen(args, env=self.env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -233,10 +236,22 @@ class Stack:
         if info is not None and info.is_running():
             with contextlib.suppress(Exception):
                 self.stop_postgres()
+        info = self._pg_info()
+        if info is not None and info.is_running() and info.pid:
+            os.kill(info.pid, signal.SIGINT)  # PostgreSQL's fast shutdown
+            deadline = time.monotonic() + 15
+            while info.is_running() and time.monotonic() < deadline:
+                time.sleep(0.1)
 
 
 @pytest.fixture
 def stack(tmp_path):
-    running = Stack(tmp_path / "data")
-    yield running
-    running.stop()
+    # Not under pytest's temporary root: that is root-only (0700), and any pytest session that starts
+    # resets it so, after which PostgreSQL's own user can no longer reach its data directory.
+    data_dir = Path(tempfile.mkdtemp(prefix="allting-faults-")) / "data"
+    running = Stack(data_dir, tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
