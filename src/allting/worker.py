@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import uuid
 from collections.abc import Awaitable, Callable
@@ -36,8 +35,6 @@ log = get_logger(__name__)
 # How long a queued row waits for its queue message before the reconciler sends it again, and how
 # often the reconciler runs. The environment overrides exist so fault tests (and operators who want
 # faster recovery) can shorten them; they belong in Settings.
-RECONCILE_QUEUED_AFTER = timedelta(seconds=float(os.environ.get("JOB_RECONCILE_QUEUED_AFTER_SECONDS", "60")))
-RECONCILE_CRON = os.environ.get("JOB_RECONCILE_CRON", "* * * * *")
 RETRY_BASE_SECONDS = 5.0
 RETRY_MAX_SECONDS = 300.0
 
@@ -173,7 +170,9 @@ async def reconcile(_ctx: dict | None = None) -> int:
     """Re-enqueue queued jobs Redis lost and jobs whose worker died; returns how many."""
     handed_over = 0
     async with system_transaction() as db:
-        for job in await jobs_service.stale_jobs(db, queued_for=RECONCILE_QUEUED_AFTER):
+        for job in await jobs_service.stale_jobs(
+            db, queued_for=timedelta(seconds=get_settings().job_reconcile_queued_after_seconds)
+        ):
             if job.status == "running" and job.attempts >= job.max_attempts:
                 await jobs_service.fail_exhausted(db, job)
                 continue
@@ -231,7 +230,7 @@ def build_worker(*, in_process: bool) -> Worker:
         functions=[(RUN_JOB, run_job)],
         cron_jobs=[
             # SAQ aborts a job after 10 s unless told otherwise; maintenance may take longer.
-            CronJob(reconcile, cron=RECONCILE_CRON, unique=True, timeout=60),
+            CronJob(reconcile, cron=get_settings().job_reconcile_cron, unique=True, timeout=60),
             CronJob(purge_expired_conversations, cron="17 3 * * *", unique=True, timeout=3600),
         ],
         concurrency=get_settings().worker_concurrency,

@@ -151,14 +151,13 @@ async def test_job_is_not_enqueued_when_its_transaction_rolls_back(org, runtime)
         assert await db.get(Job, job_id) is None
 
 
-async def test_reconciler_hands_over_a_queued_job_that_redis_lost(org, worker, monkeypatch):
-    import allting.worker as worker_module
+async def test_reconciler_hands_over_a_queued_job_that_redis_lost(org, worker, monkeypatch, settings):
 
     marker = uuid.uuid4().hex
     monkeypatch.setattr("allting.platform.queue.send_after_commit", _drop_pending)
     job_id = await _create(org, "tests.record_effect", {"marker": marker})
     monkeypatch.undo()
-    monkeypatch.setattr(worker_module, "RECONCILE_QUEUED_AFTER", worker_module.timedelta(0))
+    monkeypatch.setattr(settings, "job_reconcile_queued_after_seconds", 0)
     await asyncio.sleep(0.3)
     assert (await org.owner.client.get(f"/api/v1/jobs/{job_id}/")).json()["status"] == "queued"
     assert await reconcile() >= 1

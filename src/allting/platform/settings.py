@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = 4
     job_max_attempts: int = 3
     job_lease_seconds: int = 120
+    job_reconcile_cron: str = "* * * * *"
+    job_reconcile_queued_after_seconds: float = 60.0
 
     tenant_credentials_enabled: bool = False
     federation_per_tenant_enabled: bool = False
