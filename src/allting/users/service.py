@@ -324,14 +324,18 @@ async def _get_role(db: AsyncSession, role_id: uuid.UUID) -> Role:
     return role
 
 
-async def _ensure_role_name_free(db: AsyncSession, name: str, except_id: uuid.UUID | None = None) -> None:
-    query = select(Role.id).where(func.lower(Role.name) == name.lower())
+async def _ensure_name_free(
+    db: AsyncSession, model: type[Role] | type[UserGroup], name: str, except_id: uuid.UUID | None = None
+) -> None:
+    """Role and group names are unique in a tenant, ignoring case."""
+    query = select(model.id).where(func.lower(model.name) == name.lower())
     if except_id:
-        query = query.where(Role.id != except_id)
+        query = query.where(model.id != except_id)
     if await db.scalar(query):
+        what = "role" if model is Role else "group"
         raise Conflict(
-            f"A role named '{name}' already exists",
-            code="role_exists",
+            f"A {what} named '{name}' already exists",
+            code=f"{what}_exists",
             details=[{"field": "name", "message": "already in use"}],
         )
 
@@ -340,7 +344,7 @@ async def create_role(db: AsyncSession, ctx: Ctx, data: RoleCreate) -> Role:
     ctx.require("admin")
     _check_permissions(data.permissions)
     _check_within_own_permissions(ctx, data.permissions)
-    await _ensure_role_name_free(db, data.name)
+    await _ensure_name_free(db, Role, data.name)
     role = Role(name=data.name, description=data.description, permissions=sorted(set(data.permissions)))
     db.add(role)
     await db.flush()
@@ -362,7 +366,7 @@ async def update_role(db: AsyncSession, ctx: Ctx, role_id: uuid.UUID, data: Role
         raise Invalid("Predefined roles cannot be changed; create a custom role", field="role_id")
     changes = {}
     if data.name is not None and data.name != role.name:
-        await _ensure_role_name_free(db, data.name, except_id=role.id)
+        await _ensure_name_free(db, Role, data.name, except_id=role.id)
         changes["name"] = {"from": role.name, "to": data.name}
         role.name = data.name
     if data.description is not None:
@@ -421,21 +425,9 @@ async def get_group(db: AsyncSession, ctx: Ctx, group_id: uuid.UUID) -> UserGrou
     return await _get_group(db, group_id)
 
 
-async def _ensure_group_name_free(db: AsyncSession, name: str, except_id: uuid.UUID | None = None) -> None:
-    query = select(UserGroup.id).where(func.lower(UserGroup.name) == name.lower())
-    if except_id:
-        query = query.where(UserGroup.id != except_id)
-    if await db.scalar(query):
-        raise Conflict(
-            f"A group named '{name}' already exists",
-            code="group_exists",
-            details=[{"field": "name", "message": "already in use"}],
-        )
-
-
 async def create_group(db: AsyncSession, ctx: Ctx, data: GroupCreate) -> UserGroup:
     ctx.require("admin")
-    await _ensure_group_name_free(db, data.name)
+    await _ensure_name_free(db, UserGroup, data.name)
     group = UserGroup(name=data.name, description=data.description)
     db.add(group)
     await db.flush()
@@ -449,7 +441,7 @@ async def update_group(db: AsyncSession, ctx: Ctx, group_id: uuid.UUID, data: Gr
     ctx.require("admin")
     group = await _get_group(db, group_id)
     if data.name is not None and data.name != group.name:
-        await _ensure_group_name_free(db, data.name, except_id=group.id)
+        await _ensure_name_free(db, UserGroup, data.name, except_id=group.id)
         group.name = data.name
     if data.description is not None:
         group.description = data.description
