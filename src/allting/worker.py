@@ -224,6 +224,9 @@ class InProcessWorker(AlltingWorker):
 
 
 def build_worker(*, in_process: bool) -> Worker:
+    # The domains' task modules register their handlers on import; they import this module, so here.
+    from allting.knowledge import tasks as knowledge_tasks
+
     worker_class = InProcessWorker if in_process else AlltingWorker
     return worker_class(
         get_queue(),
@@ -232,6 +235,7 @@ def build_worker(*, in_process: bool) -> Worker:
             # SAQ aborts a job after 10 s unless told otherwise; maintenance may take longer.
             CronJob(reconcile, cron=get_settings().job_reconcile_cron, unique=True, timeout=60),
             CronJob(purge_expired_conversations, cron="17 3 * * *", unique=True, timeout=3600),
+            CronJob(knowledge_tasks.schedule_due_crawls, cron="*/5 * * * *", unique=True, timeout=300),
         ],
         concurrency=get_settings().worker_concurrency,
         shutdown_grace_period_s=10,
