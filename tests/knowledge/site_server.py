@@ -40,6 +40,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from allting.testing.background_server import BackgroundServer
+
 AUTH_USER = "editor"
 AUTH_PASSWORD = "s3cret-pass"
 PDF_BYTES = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
@@ -295,24 +297,15 @@ def create_app(state: SiteState) -> Starlette:
     return Starlette(routes=[Route("/{path:path}", handle)])
 
 
-class SiteServer:
+class SiteServer(BackgroundServer):
     """The test site in a uvicorn thread on `host` (a free port by default)."""
+
+    label = "test site"
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, generated_pages: int = 0) -> None:
         self.state = SiteState(generated_pages=generated_pages)
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
-        self.host, self.port = self._socket.getsockname()[:2]
-        config = uvicorn.Config(
-            create_app(self.state),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread: threading.Thread | None = None
+        super().__init__(host=host, port=port)
+        self._serve(create_app(self.state))
 
     @property
     def url(self) -> str:
@@ -328,30 +321,6 @@ class SiteServer:
 
     def reset(self) -> None:
         self.state.reset()
-
-    def start(self) -> SiteServer:
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, name="test-site", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("test site did not start")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._socket.close()
-
-    def __enter__(self) -> SiteServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import socket
 import ssl
 import threading
 import time
@@ -33,12 +32,13 @@ from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunspli
 
 import httpx
 import jwt
-import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
+
+from allting.testing.background_server import BackgroundServer
 
 CODE_LIFETIME_SECONDS = 60
 TOKEN_LIFETIME_SECONDS = 300
@@ -420,11 +420,13 @@ def build_id_token(state: ProviderState, grant: _Grant) -> str:
     return jwt.encode(claims, signing.private, algorithm=signing.alg, headers=headers)
 
 
-class OidcProvider:
+class OidcProvider(BackgroundServer):
     """The test provider served by uvicorn on 127.0.0.1 in a background thread (free port by default).
 
     `path` puts the issuer under a path (like Keycloak realms or Entra tenants), e.g. "/realms/a".
     """
+
+    label = "test OpenID provider"
 
     def __init__(
         self,
@@ -445,21 +447,10 @@ class OidcProvider:
             alg=alg,
             redirect_uris=redirect_uris,
         )
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
-        self.host, self.port = self._socket.getsockname()[:2]
+        super().__init__(host=host, port=port)
         self.path = path.rstrip("/")
         self.state.issuer = f"http://{self.host}:{self.port}{self.path}"
-        config = uvicorn.Config(
-            create_app(self.state, self.path),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread: threading.Thread | None = None
+        self._serve(create_app(self.state, self.path))
 
     # -- what clients need -------------------------------------------------------------------
 
@@ -532,30 +523,6 @@ class OidcProvider:
         self.state.reset()
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> OidcProvider:
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, name="oidc-provider", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("test OpenID provider did not start")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._socket.close()
-
-    def __enter__(self) -> OidcProvider:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 @functools.cache

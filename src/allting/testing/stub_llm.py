@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import re
-import socket
 import struct
 import threading
 import time
@@ -33,6 +32,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from allting.testing.background_server import BackgroundServer
 
 DEFAULT_ANSWER = "Hello from the Allting stub model."
 DEFAULT_EMBEDDING_DIMENSIONS = 384
@@ -355,24 +356,15 @@ async def _stream_events(
             state.cancelled_streams += 1
 
 
-class StubLLM:
+class StubLLM(BackgroundServer):
     """The stub served by uvicorn on 127.0.0.1 in a background thread, on a free port by default."""
+
+    label = "stub LLM server"
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, script: Script | None = None) -> None:
         self.state = StubState(script)
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
-        self.host, self.port = self._socket.getsockname()[:2]
-        config = uvicorn.Config(
-            create_app(self.state),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread: threading.Thread | None = None
+        super().__init__(host=host, port=port)
+        self._serve(create_app(self.state))
 
     @property
     def url(self) -> str:
@@ -406,30 +398,6 @@ class StubLLM:
 
     def reset(self) -> None:
         self.state.reset()
-
-    def start(self) -> StubLLM:
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, name="stub-llm", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("stub LLM server did not start")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._socket.close()
-
-    def __enter__(self) -> StubLLM:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
