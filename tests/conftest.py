@@ -244,3 +244,11 @@ async def live_url(app):
     yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     server.should_exit = True
     await task
+
+
+@pytest.fixture(scope="session")
+def local_model():
+    """The local embedding model, loaded once before the tests that time their jobs."""
+    from allting.ai import local_embeddings
+
+    return local_embeddings.get_model()

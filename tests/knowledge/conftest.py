@@ -331,11 +331,3 @@ async def space(org) -> dict:
 @pytest.fixture
 async def collection(org, space) -> dict:
     return await create_collection(org.owner.client, space["id"])
-
-
-@pytest.fixture(scope="session")
-def local_model():
-    """The local embedding model, loaded once before the tests that time their jobs."""
-    from allting.ai import local_embeddings
-
-    return local_embeddings.get_model()

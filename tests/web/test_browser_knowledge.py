@@ -39,7 +39,9 @@ async def axe_page(browser):
     await context.close()
 
 
-async def test_upload_becomes_ready_live_and_an_assistant_cites_it(axe_page, live_url, chat_org, llm, worker):
+async def test_upload_becomes_ready_live_and_an_assistant_cites_it(
+    axe_page, live_url, chat_org, llm, worker, local_model
+):
     page = axe_page
     space = (await chat_org.owner.client.post("/api/v1/spaces/", json={"name": "Kultur"})).json()
     await sign_in(page, live_url, chat_org.owner.email, chat_org.owner.password)
