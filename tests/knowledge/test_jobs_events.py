@@ -180,3 +180,125 @@ async def test_a_socket_closes_when_its_session_is_revoked(org, two_processes, m
         with pytest.raises(Exception) as closed:
             await asyncio.wait_for(ws.recv(), 5)
         assert getattr(closed.value, "rcvd", None) is not None and closed.value.rcvd.code == 1008
+
+
+async def _next_of(ws, kinds: tuple[str, ...], timeout: float = 10.0) -> dict:
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        if message["type"] in kinds:
+            return message
+
+
+async def _watch(ws, space_id: str) -> dict:
+    await ws.send(json.dumps({"type": "watch", "space_id": space_id}))
+    return await _next_of(ws, ("watching", "error"))
+
+
+async def _upload_and_cancel(host: str, person, collection_id: str, text: str) -> str:
+    """A queued ingestion job (no worker runs here) cancelled at once: one event, published by the API."""
+    async with httpx.AsyncClient(base_url=f"http://{host}", headers=dict(person.client.headers)) as api:
+        uploaded = await api.post(
+            f"/api/v1/collections/{collection_id}/documents/", files={"file": ("doc.txt", text.encode())}
+        )
+        assert uploaded.status_code == 202, uploaded.text
+        job_id = uploaded.json()["job_id"]
+        assert (await api.post(f"/api/v1/jobs/{job_id}/cancel")).status_code == 200
+    return job_id
+
+
+async def test_every_member_watching_a_space_sees_its_document_jobs_and_no_one_else_does(
+    org, other_org, space, collection, two_processes, monkeypatch
+):
+    first, second = two_processes
+    owner = org.owner
+    editor = await org.add_user("member")
+    through_group = await org.add_user("member")
+    viewer = await org.add_user("member")
+    outsider = await org.add_user("member")  # same organisation, not in the space
+    group = (await owner.client.post("/api/v1/groups/", json={"name": "Redaktionen"})).json()
+    await owner.client.post(f"/api/v1/groups/{group['id']}/members/", json={"user_id": str(through_group.id)})
+    members = f"/api/v1/spaces/{space['id']}/members/"
+    for body in (
+        {"user_id": str(editor.id), "role": "editor"},
+        {"group_id": group["id"], "role": "editor"},
+        {"user_id": str(viewer.id), "role": "viewer"},
+    ):
+        assert (await owner.client.post(members, json=body)).status_code == 201
+
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = {}
+        for name, person, host in (
+            ("owner", owner, first),
+            ("editor", editor, second),
+            ("group", through_group, first),
+            ("viewer", viewer, second),
+            ("outsider", outsider, first),
+            ("stranger", other_org.owner, second),
+        ):
+            url = f"ws://{host}/api/v1/ws?ticket={await _ticket(host, person)}"
+            sockets[name] = await stack.enter_async_context(connect(url))
+
+        for name in ("owner", "editor", "group"):
+            assert await _watch(sockets[name], space["id"]) == {
+                "type": "watching",
+                "data": {"space_id": space["id"]},
+            }
+        # A viewer cannot read the space's knowledge; a non-member and another tenant cannot tell
+        # the space exists.
+        assert (await _watch(sockets["viewer"], space["id"]))["data"]["code"] == "forbidden"
+        for name in ("outsider", "stranger"):
+            refused = await _watch(sockets[name], space["id"])
+            assert refused["type"] == "error" and refused["data"]["code"] == "not_found"
+        assert (await _watch(sockets["outsider"], "not-an-id"))["data"]["code"] == "invalid"
+
+        job_id = await _upload_and_cancel(first, owner, collection["id"], "Ett dokument om snöröjning.")
+        for name in ("owner", "editor", "group"):
+            event = await _next_job_event(sockets[name])
+            assert event["id"] == job_id and event["status"] == "cancelled"
+            assert (event["space_id"], event["collection_id"]) == (space["id"], collection["id"])
+            assert event["document_id"]
+        # The uploader hears it on their own channel and the space's, and gets it once.
+        for name in ("owner", "viewer", "outsider", "stranger"):
+            assert await _silent(sockets[name]), name
+
+        # A member who is removed stops receiving at the next event after the re-check.
+        monkeypatch.setattr(events, "MEMBERSHIP_SECONDS", 0.0)
+        listed = (await owner.client.get(members)).json()
+        editor_member = next(m for m in listed if m["user_id"] == str(editor.id))
+        assert (await owner.client.delete(f"{members}{editor_member['id']}")).status_code == 204
+        # So does a member of a group that is removed from the group.
+        removed = await owner.client.delete(f"/api/v1/groups/{group['id']}/members/{through_group.id}")
+        assert removed.status_code == 204
+        job_id = await _upload_and_cancel(second, owner, collection["id"], "Ett dokument om sandning.")
+        assert (await _next_job_event(sockets["owner"]))["id"] == job_id
+        for name in ("editor", "group"):
+            message = await _next_of(sockets[name], ("job", "unwatched"))
+            assert message == {"type": "unwatched", "data": {"space_id": space["id"], "reason": "access"}}
+            assert await _silent(sockets[name]), name
+        # Watching again is refused now.
+        assert (await _watch(sockets["editor"], space["id"]))["data"]["code"] == "not_found"
+
+
+async def test_a_colleague_watching_the_space_sees_a_worker_s_progress_live(
+    org, space, collection, worker, two_processes, local_model
+):
+    first, second = two_processes
+    colleague = await org.add_user("member")
+    await org.owner.client.post(
+        f"/api/v1/spaces/{space['id']}/members/", json={"user_id": str(colleague.id), "role": "editor"}
+    )
+    async with connect(f"ws://{second}/api/v1/ws?ticket={await _ticket(first, colleague)}") as ws:
+        assert (await _watch(ws, space["id"]))["type"] == "watching"
+        uploaded = await org.owner.client.post(
+            f"/api/v1/collections/{collection['id']}/documents/",
+            files={"file": ("c.txt", "Simhallen har öppet sju till nio.".encode())},
+        )
+        job_id = uploaded.json()["job_id"]
+        seen = []
+        while not seen or seen[-1]["status"] not in ("succeeded", "failed"):
+            event = await _next_job_event(ws, timeout=30)
+            if event["id"] == job_id:
+                seen.append(event)
+    assert seen[0]["status"] == "running"
+    assert seen[-1]["status"] == "succeeded"
+    assert all(event["document_id"] == uploaded.json()["id"] for event in seen)

@@ -89,6 +89,46 @@ async def test_upload_becomes_ready_live_and_an_assistant_cites_it(
     await page.get_by_text("opens at nine in the morning").first.wait_for()
 
 
+async def test_a_colleague_with_the_page_open_sees_the_upload_become_ready_live(
+    browser, live_url, chat_org, worker, local_model
+):
+    owner = chat_org.owner
+    colleague = await chat_org.add_user("member")
+    space = (await owner.client.post("/api/v1/spaces/", json={"name": "Samhällsbyggnad"})).json()
+    await owner.client.post(
+        f"/api/v1/spaces/{space['id']}/members/", json={"user_id": str(colleague.id), "role": "editor"}
+    )
+    collection = (
+        await owner.client.post("/api/v1/collections/", json={"space_id": space["id"], "name": "Planer"})
+    ).json()
+    pages = []
+    for person in (owner, colleague):
+        context = await browser.new_context(locale="en-GB", viewport={"width": 1280, "height": 860})
+        context.set_default_timeout(10_000)
+        page = await context.new_page()
+        await sign_in(page, live_url, person.email, person.password)
+        await page.goto(f"{live_url}/spaces/{space['id']}/knowledge")
+        await page.locator('#knowledge[data-watching="true"]').wait_for()
+        await page.evaluate("() => { window.__samePage = true; }")
+        pages.append(page)
+    uploader, watcher = pages
+    section = f'.collection[data-collection-id="{collection["id"]}"]'
+    await (
+        uploader.locator(section)
+        .locator("input[type=file]")
+        .set_input_files({"name": "plan.md", "mimeType": "text/markdown", "buffer": DOCUMENT.encode()})
+    )
+    # The colleague never reloads: the row appears and turns ready from the space's live events.
+    await (
+        watcher.locator(section)
+        .locator('tr[data-status="ready"]', has_text="Library services")
+        .wait_for(timeout=30_000)
+    )
+    assert await watcher.evaluate("() => window.__samePage === true")
+    for page in pages:
+        await page.context.close()
+
+
 async def test_a_failed_document_says_why(page, live_url, chat_org, worker):
     space = (await chat_org.owner.client.post("/api/v1/spaces/", json={"name": "Fel"})).json()
     collection = (

@@ -319,6 +319,21 @@ async def _context_for(
     )
 
 
+async def context_for(
+    db: AsyncSession,
+    user_id: uuid.UUID,
+    *,
+    session_id: uuid.UUID | None = None,
+    api_key_id: uuid.UUID | None = None,
+) -> Ctx:
+    """The Ctx of someone already authenticated, read again now (for a long-lived connection);
+    Unauthorized or Forbidden when their session, account or organisation has ended meanwhile."""
+    actor_type = "api_key" if api_key_id is not None else "user"
+    return await _context_for(
+        db, user_id, actor_type=actor_type, session_id=session_id, api_key_id=api_key_id
+    )
+
+
 async def authenticate_token(db: AsyncSession, token: str, *, purpose: str) -> Ctx:
     """A bearer or cookie token: valid signature, live session, active user and tenant."""
     try:

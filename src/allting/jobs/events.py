@@ -14,8 +14,19 @@ Authentication, checked before the connection is accepted:
 While the socket is open the session (or API key) behind it is checked again every minute; a
 revoked one closes the socket (1008).
 
-Client messages: `{"type": "ping"}` → `{"type": "pong"}`. Server messages: `{"type": "job",
-"data": {id, task, name, status, progress, error, result}}`.
+Watching a space: a page that shows a space's knowledge sends `{"type": "watch", "space_id": ...}`
+and from then on also receives the events of every job that changes that space's collections,
+documents and websites, whoever started it (`events:<tenant>:space:<space>`). Only a member whose
+role lets them read the space's collections or websites may watch (`{"type": "watching", ...}`);
+anyone else gets `{"type": "error"}`, the same for a space of another tenant as for one that does
+not exist. Membership is read again before an event is passed on when the last check is older than
+MEMBERSHIP_SECONDS, so a member who is removed (or whose role no longer reads knowledge) stops
+receiving within that time and is told `{"type": "unwatched", ...}`. `{"type": "unwatch"}` stops.
+
+Client messages: `{"type": "ping"}` → `{"type": "pong"}`; `watch` and `unwatch` as above. Server
+messages: `{"type": "job", "data": {id, task, name, status, progress, error, result}}`, with
+`space_id`, `collection_id`, `document_id` or `website_id` when the job works on one. An event
+that reaches a socket through both channels (the uploader watching their own space) is sent once.
 """
 
 from __future__ import annotations
@@ -25,8 +36,10 @@ import contextlib
 import hashlib
 import json
 import secrets
+import time
 import uuid
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
@@ -45,7 +58,10 @@ log = get_logger(__name__)
 TICKET_SECONDS = 30
 RECHECK_SECONDS = 60.0
 POLICY_VIOLATION = 1008
+MEMBERSHIP_SECONDS = 5.0
+MAX_WATCHED_SPACES = 20
 _TICKET_PREFIX = "ws_ticket:"
+_KNOWLEDGE = ("collection", "website")
 
 
 @dataclass(frozen=True)
@@ -148,6 +164,103 @@ async def still_valid(listener: Listener) -> bool:
     return False
 
 
+async def space_role(listener: Listener, space_id: uuid.UUID) -> str | None:
+    """The listener's role in the space now, or None when they (or their session) have no access."""
+    from allting.auth import service as auth_service
+    from allting.platform.db import transaction
+    from allting.platform.tenancy import set_tenant
+    from allting.spaces import service as spaces_service
+
+    try:
+        async with transaction() as db:
+            await set_tenant(db, listener.tenant_id)
+            ctx = await auth_service.context_for(
+                db, listener.user_id, session_id=listener.session_id, api_key_id=listener.api_key_id
+            )
+            _space, role = await spaces_service.get_space_for(db, ctx, space_id)
+    except AppError:
+        return None
+    return role
+
+
+def _reads_knowledge(role: str | None, resource: str | None = None) -> bool:
+    from allting.spaces import permissions
+
+    return any(permissions.allowed(role, name, "read") for name in ((resource,) if resource else _KNOWLEDGE))
+
+
+@dataclass
+class _Watched:
+    role: str
+    checked_at: float
+
+
+@dataclass
+class _Connection:
+    """One socket: who is on it, the spaces it watches, and the last events it sent."""
+
+    listener: Listener
+    websocket: WebSocket
+    pubsub: object
+    watched: dict[str, _Watched] = field(default_factory=dict)
+    recent: deque = field(default_factory=lambda: deque(maxlen=32))
+
+    async def send(self, kind: str, data: dict) -> None:
+        await self.websocket.send_text(json.dumps({"type": kind, "data": data}))
+
+    async def watch(self, raw_space_id) -> None:
+        try:
+            space_id = uuid.UUID(str(raw_space_id))
+        except ValueError:
+            await self.send("error", {"code": "invalid", "message": "space_id must be a space's id"})
+            return
+        key = str(space_id)
+        if key not in self.watched and len(self.watched) >= MAX_WATCHED_SPACES:
+            await self.send("error", {"code": "too_many", "message": "Watch at most 20 spaces at once"})
+            return
+        role = await space_role(self.listener, space_id)
+        if role is None:
+            await self.send("error", {"code": "not_found", "message": "Space not found", "space_id": key})
+            return
+        if not _reads_knowledge(role):
+            await self.send(
+                "error",
+                {
+                    "code": "forbidden",
+                    "message": "Your role cannot see this space's knowledge",
+                    "space_id": key,
+                },
+            )
+            return
+        if key not in self.watched:
+            await self.pubsub.subscribe(jobs_service.space_channel(self.listener.tenant_id, key))
+        self.watched[key] = _Watched(role, time.monotonic())
+        await self.send("watching", {"space_id": key})
+
+    async def unwatch(self, key: str, *, reason: str | None = None) -> None:
+        if self.watched.pop(key, None) is not None:
+            await self.pubsub.unsubscribe(jobs_service.space_channel(self.listener.tenant_id, key))
+        if reason:
+            await self.send("unwatched", {"space_id": key, "reason": reason})
+
+    async def may_pass(self, space_key: str, text: str) -> bool:
+        """A space event goes out only while the listener may still read that space's knowledge."""
+        watched = self.watched.get(space_key)
+        if watched is None:
+            return False
+        if time.monotonic() - watched.checked_at >= MEMBERSHIP_SECONDS:
+            role = await space_role(self.listener, uuid.UUID(space_key))
+            if not _reads_knowledge(role):
+                await self.unwatch(space_key, reason="access")
+                return False
+            watched.role, watched.checked_at = role, time.monotonic()
+        try:
+            data = json.loads(text).get("data") or {}
+        except (ValueError, AttributeError):
+            return False
+        return _reads_knowledge(watched.role, "website" if data.get("website_id") else "collection")
+
+
 async def serve(websocket: WebSocket) -> None:
     """Authenticate, then forward the listener's job events until either side goes away."""
     listener = await authenticate(websocket)
@@ -157,9 +270,10 @@ async def serve(websocket: WebSocket) -> None:
     pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(jobs_service.events_channel(listener.tenant_id, listener.user_id))
     await websocket.accept()
+    connection = _Connection(listener, websocket, pubsub)
     tasks = [
-        asyncio.create_task(_forward(pubsub, websocket)),
-        asyncio.create_task(_answer(websocket)),
+        asyncio.create_task(_forward(connection)),
+        asyncio.create_task(_answer(connection)),
         asyncio.create_task(_watch(listener)),
     ]
     try:
@@ -182,28 +296,49 @@ async def serve(websocket: WebSocket) -> None:
             await websocket.close(code=POLICY_VIOLATION if reason == "revoked" else 1000)
 
 
-async def _forward(pubsub, websocket: WebSocket) -> str:
+async def _forward(connection: _Connection) -> str:
+    space_prefix = jobs_service.space_channel(connection.listener.tenant_id, "")
     while True:
-        message = await pubsub.get_message(timeout=1.0)
+        message = await connection.pubsub.get_message(timeout=1.0)
         if message is None:
             continue
-        data = message["data"]
-        await websocket.send_text(data.decode() if isinstance(data, bytes) else str(data))
+        data, channel = message["data"], message.get("channel")
+        text = data.decode() if isinstance(data, bytes) else str(data)
+        channel = channel.decode() if isinstance(channel, bytes) else str(channel or "")
+        if text in connection.recent:
+            continue  # the same event through the person's own channel and the space's
+        if channel.startswith(space_prefix) and not await connection.may_pass(
+            channel[len(space_prefix) :], text
+        ):
+            continue
+        connection.recent.append(text)
+        await connection.websocket.send_text(text)
 
 
-async def _answer(websocket: WebSocket) -> str:
+async def _answer(connection: _Connection) -> str:
+    websocket = connection.websocket
     try:
         while True:
             raw = await websocket.receive_text()
             try:
-                kind = json.loads(raw).get("type")
+                message = json.loads(raw)
+                kind = message.get("type")
             except (ValueError, AttributeError):
-                kind = None
+                message, kind = {}, None
             if kind == "ping":
                 await websocket.send_text(json.dumps({"type": "pong"}))
+            elif kind == "watch":
+                await connection.watch(message.get("space_id"))
+            elif kind == "unwatch":
+                await connection.unwatch(str(message.get("space_id")))
             else:
                 await websocket.send_text(
-                    json.dumps({"type": "error", "data": {"message": 'Send {"type": "ping"}'}})
+                    json.dumps(
+                        {
+                            "type": "error",
+                            "data": {"message": 'Send {"type": "ping"}, "watch" or "unwatch"'},
+                        }
+                    )
                 )
     except WebSocketDisconnect:
         return "disconnected"

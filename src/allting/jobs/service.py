@@ -29,6 +29,16 @@ def events_channel(tenant_id: uuid.UUID, user_id: uuid.UUID | None) -> str:
     return f"events:{tenant_id}:{user_id or 'tenant'}"
 
 
+def space_channel(tenant_id: uuid.UUID, space_id: uuid.UUID | str) -> str:
+    """Events of the jobs that change a space's knowledge, for its members who are watching it."""
+    return f"events:{tenant_id}:space:{space_id}"
+
+
+# Payload keys that say what a job works on; they travel with its events so that a page showing
+# that space, collection, document or website can place the event.
+SUBJECT_KEYS = ("space_id", "collection_id", "document_id", "website_id")
+
+
 async def create_job(
     db: AsyncSession, ctx: Ctx, task: str, payload: dict[str, Any], *, name: str | None = None
 ) -> Job:
@@ -76,11 +86,14 @@ async def cancel_job(db: AsyncSession, ctx: Ctx, job_id: uuid.UUID) -> Job:
 
 
 async def publish(job: Job) -> None:
-    """Tell the job's owner (on every API process) that the job changed.
+    """Tell the job's owner (on every API process) that the job changed, and, when the job works on
+    a space (its payload names `space_id`), the members watching that space.
 
     Best effort: the row is the record and clients re-read it, so a Redis outage must not fail the
     job (a failed publish right after a claim used to leave the job running until its lease expired).
     """
+    payload = job.payload or {}
+    subject = {key: str(payload[key]) for key in SUBJECT_KEYS if payload.get(key)}
     event = {
         "type": "job",
         "data": {
@@ -91,10 +104,18 @@ async def publish(job: Job) -> None:
             "progress": job.progress,
             "error": job.error,
             "result": job.result,
+            **subject,
         },
     }
+    message = json.dumps(event)
     try:
-        await get_redis().publish(events_channel(job.tenant_id, job.user_id), json.dumps(event))
+        if "space_id" in subject:
+            async with get_redis().pipeline(transaction=False) as pipe:
+                pipe.publish(events_channel(job.tenant_id, job.user_id), message)
+                pipe.publish(space_channel(job.tenant_id, subject["space_id"]), message)
+                await pipe.execute()
+        else:
+            await get_redis().publish(events_channel(job.tenant_id, job.user_id), message)
     except (RedisError, OSError) as exc:
         log.warning("job.publish_failed", job_id=str(job.id), status=job.status, error=type(exc).__name__)
 

@@ -9,7 +9,8 @@ Decisions worth knowing:
   naming the existing document (its id in `details`), so a client can link to or reprocess it;
   a unique index makes this hold under concurrent uploads too.
 - The original goes to file storage (`files.storage`) under a key Allting makes; the ingestion
-  job's payload names only the document. A stored file whose transaction rolls back is removed,
+  job's payload names the document (and its collection and space, so that the job's live events
+  reach every member watching the space, `jobs.events`). A stored file whose transaction rolls back is removed,
   and originals of deleted documents are removed once the deletion has committed.
 - A document's shown status joins its latest job: queued, processing (with progress), ready, or
   failed with the job's reason — a failed attempt rolls back, so the job row is where it is recorded.
@@ -315,7 +316,11 @@ async def update_collection(
                 db,
                 ctx,
                 REEMBED_TASK,
-                {"collection_id": str(collection.id), "model_id": str(model.id)},
+                {
+                    "collection_id": str(collection.id),
+                    "model_id": str(model.id),
+                    "space_id": str(collection.space_id),
+                },
                 name=f"Re-embed {collection.name}",
             )
             collection.reembed_job_id = job.id
@@ -554,8 +559,17 @@ async def add_text_document(
 
 
 async def _queue_ingestion(db: AsyncSession, ctx: Ctx, document: Document) -> Job:
+    collection = await db.get(Collection, document.collection_id)
     job = await jobs_service.create_job(
-        db, ctx, INGEST_TASK, {"document_id": str(document.id)}, name=document.title
+        db,
+        ctx,
+        INGEST_TASK,
+        {
+            "document_id": str(document.id),
+            "collection_id": str(document.collection_id),
+            "space_id": str(collection.space_id),
+        },
+        name=document.title,
     )
     document.job_id = job.id
     await db.flush()
@@ -913,7 +927,7 @@ async def queue_crawl(db: AsyncSession, ctx: Ctx, website: Website, *, trigger: 
         db,
         ctx,
         CRAWL_TASK,
-        {"website_id": str(website.id), "run_id": str(run.id)},
+        {"website_id": str(website.id), "run_id": str(run.id), "space_id": str(website.space_id)},
         name=f"Crawl {website.name}",
     )
     run.job_id = job.id

@@ -1,6 +1,7 @@
 // A space's knowledge tab: collections, drag-and-drop upload, live document status and search.
 // Document progress is pushed over the WebSocket (WS /api/v1/ws, authenticated by the session
-// cookie): no polling while the socket is up. When the connection is lost the page says so and
+// cookie): no polling while the socket is up. The page watches its space, so it also hears about
+// documents and crawls other members started. When the connection is lost the page says so and
 // reconnects with a growing delay, then reloads the lists once to catch up on what it missed.
 (function () {
   "use strict";
@@ -127,12 +128,35 @@
     return Promise.all(Array.prototype.map.call(root.querySelectorAll(".collection"), load));
   }
 
+  // A job this page did not start (another member's upload or crawl): place it by what it works on.
+  var catchingUp = {};
+  function placeJob(job) {
+    if (job.website_id && websiteList) {
+      jobs[job.id] = { website: job.website_id };
+      if (!websiteList.querySelector('[data-website-id="' + job.website_id + '"] .website-latest progress')) loadWebsites();
+      return null;
+    }
+    if (!job.document_id || !job.collection_id) return null;
+    var section = root.querySelector('.collection[data-collection-id="' + job.collection_id + '"]');
+    if (!section) return null;
+    jobs[job.id] = section;
+    return section;
+  }
+
   // A job event: move the progress bar, and reload the collection when the job has finished.
   function onJob(job) {
-    var section = jobs[job.id];
+    var section = jobs[job.id] || placeJob(job);
     if (!section) return;
     if (section.website) { onWebsiteJob(section.website, job); return; }
     var row = section.querySelector('tr[data-job-id="' + job.id + '"]');
+    if (!row && job.status === "running") {
+      // A new document from someone else: show it once (the list brings its progress), then follow it.
+      if (!catchingUp[job.id]) {
+        catchingUp[job.id] = true;
+        load(section).then(function () { delete catchingUp[job.id]; }, function () { delete catchingUp[job.id]; });
+      }
+      return;
+    }
     if (job.status === "running" && row) {
       var badge = row.querySelector('[data-role="status"]');
       if (badge) badge.textContent = t("processing");
@@ -162,8 +186,10 @@
       return;
     }
     root.setAttribute("data-live", "connecting");
+    root.removeAttribute("data-watching");
     socket.addEventListener("open", function () {
       var wasLost = attempts > 0;
+      socket.send(JSON.stringify({ type: "watch", space_id: spaceId }));
       attempts = 0;
       root.setAttribute("data-live", "open");
       if (wasLost) {
@@ -176,10 +202,14 @@
     socket.addEventListener("message", function (event) {
       var message;
       try { message = JSON.parse(event.data); } catch (e) { return; }
-      if (message && message.type === "job" && message.data) onJob(message.data);
+      if (!message) return;
+      if (message.type === "job" && message.data) onJob(message.data);
+      else if (message.type === "watching") root.setAttribute("data-watching", "true");
+      else if (message.type === "unwatched") root.removeAttribute("data-watching");
     });
     socket.addEventListener("close", function () {
       socket = null;
+      root.removeAttribute("data-watching");
       root.setAttribute("data-live", "closed");
       reconnectLater();
     });
