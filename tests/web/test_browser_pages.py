@@ -44,6 +44,37 @@ async def test_a_viewer_sees_no_edit_controls_in_a_shared_space(page, live_url, 
     assert response.status == 403
 
 
+async def test_a_space_admin_shares_the_space_with_a_group_in_the_page(browser, live_url, chat_org):
+    owner = chat_org.owner.client
+    await owner.post("/api/v1/groups/", json={"name": "Skolsköterskor"})
+    space = (await owner.post("/api/v1/spaces/", json={"name": "Elevhälsa"})).json()
+    context = await browser.new_context(
+        locale="en-GB", viewport={"width": 1280, "height": 860}, bypass_csp=True
+    )
+    context.set_default_timeout(10_000)
+    page = await context.new_page()
+    await sign_in(page, live_url, chat_org.owner.email, chat_org.owner.password)
+    await page.goto(f"{live_url}/spaces/{space['id']}/members")
+    await page.get_by_label("Group to add").select_option(label="Skolsköterskor")
+    await page.locator("#add-group").get_by_label("Role").select_option("editor")
+    await page.get_by_role("button", name="Add group").click()
+    await page.get_by_text("The group is added.").wait_for()
+    row = page.locator("tbody tr", has_text="Skolsköterskor")
+    assert await row.get_by_label("Role of Skolsköterskor").input_value() == "editor"
+    assert await serious_violations(page) == []
+    await row.get_by_label("Role of Skolsköterskor").select_option("viewer")
+    await row.get_by_role("button", name="Change").click()
+    await page.get_by_text("The role is changed.").wait_for()
+    row = page.locator("tbody tr", has_text="Skolsköterskor")
+    assert await row.get_by_label("Role of Skolsköterskor").input_value() == "viewer"
+    page.on("dialog", lambda dialog: dialog.accept())
+    await row.get_by_role("button", name="Remove Skolsköterskor").click()
+    await page.get_by_text("The member is removed.").wait_for()
+    assert await page.locator("tbody tr", has_text="Skolsköterskor").count() == 0
+    assert await serious_violations(page) == []
+    await context.close()
+
+
 async def test_an_admin_adds_a_provider_and_enables_a_model(page, live_url, org, llm):
     llm.script(answer="Hej från den nya modellen", delay_per_token=0.0)
     await sign_in(page, live_url, org.owner.email, org.owner.password)

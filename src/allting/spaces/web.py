@@ -252,10 +252,15 @@ async def space_knowledge_page(request: Request, db: DbSession, page: SignedIn, 
 
 @router.get("/spaces/{space_id}/members", response_class=HTMLResponse)
 async def space_members_page(request: Request, db: DbSession, page: SignedIn, space_id: uuid.UUID):
+    from allting.users import service as users_service
+
     values = await _space_context(db, page, space_id, "members")
-    values["members"] = (
-        await spaces_service.list_members(db, page.ctx, space_id) if values["can_members"] else []
-    )
+    members = await spaces_service.list_members(db, page.ctx, space_id) if values["can_members"] else []
+    values["members"] = members
+    groups = await users_service.list_groups(db, page.ctx) if values["can_members"] else []
+    granted = {member["group_id"] for member in members if member["group_id"]}
+    values["groups"] = [group for group in groups if group.id not in granted]
+    values["has_groups"] = bool(groups)
     return render(request, "spaces/members.html", values)
 
 
@@ -286,6 +291,33 @@ async def add_member_form(
 
 
 _ROLES = ("viewer", "editor", "admin")
+
+
+@router.post("/spaces/{space_id}/members/groups", dependencies=[Csrf])
+async def add_group_member_form(
+    request: Request,
+    db: DbSession,
+    page: SignedIn,
+    space_id: uuid.UUID,
+    group_id: Annotated[str, Form()] = "",
+    role: Annotated[str, Form()] = "viewer",
+):
+    """Share the space with every member of a group, in one role."""
+    _ = gettext_for(page.language)
+    url = f"/spaces/{space_id}/members"
+    group = parse_uuid(group_id)
+    if group is None:
+        return done(request, url, _("Choose a group."), "error")
+    try:
+        async with db.begin_nested():
+            await spaces_service.add_member(
+                db, page.ctx, space_id, MemberAdd(group_id=group, role=role if role in _ROLES else "viewer")
+            )
+    except AppError as exc:
+        if exc.code == "already_member":
+            return done(request, url, _("That group is already a member."), "error")
+        return done(request, url, error_text(request, exc), "error")
+    return done(request, url, _("The group is added."))
 
 
 @router.post("/spaces/{space_id}/members/{member_id}", dependencies=[Csrf])
