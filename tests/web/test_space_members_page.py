@@ -36,7 +36,7 @@ async def test_a_space_admin_grants_the_space_to_a_group_changes_its_role_and_re
         assert seen["role"] == "editor"
         # The group is in the table with its badge, and no longer offered for adding.
         row = re.search(
-            rf'<tr>\s*<td>Socialsekreterare <span class="badge">Group</span>.*?</tr>', page.text, re.S
+            r'<tr>\s*<td>Socialsekreterare <span class="badge">Group</span>.*?</tr>', page.text, re.S
         )
         assert row and f'id="role-{granted["id"]}"' in row.group(0)
         assert f'<option value="{group["id"]}">' not in page.text
