@@ -60,10 +60,12 @@ def cheap_password_hashing():
 
 @pytest.fixture(scope="session")
 async def runtime(settings):
+    from allting.ai import gateway
     from allting.platform import runtime as runtime_module
 
     active = await runtime_module.start(settings)
     yield active
+    await gateway.close_clients()
     await runtime_module.stop(active)
 
 

@@ -65,6 +65,7 @@ def serve(
 @app.command("worker")
 def run_worker() -> None:
     """Run background workers only (against the same PostgreSQL and Redis as the API)."""
+    from allting.ai import gateway
     from allting.platform import runtime
     from allting.worker import build_worker
 
@@ -75,6 +76,7 @@ def run_worker() -> None:
         try:
             await build_worker(in_process=False).start()
         finally:
+            await gateway.close_clients()
             await runtime.stop(active)
 
     asyncio.run(main())

@@ -79,6 +79,9 @@ def create_app(*, runtime: Runtime | None = None, in_process_worker: bool = True
                 worker.event.set()
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker_task
+            from allting.ai import gateway
+
+            await gateway.close_clients()
             if own_runtime:
                 await runtime_module.stop(active)
 

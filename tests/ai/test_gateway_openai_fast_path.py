@@ -580,3 +580,17 @@ async def test_broken_body_is_a_connection_error_and_maps_to_unavailable():
     with pytest.raises(openai.APIConnectionError) as raised:
         await _decoded([b'data: {"n": 1}\n\n', b'data: {"n": 2}\n\n'], error_after=1)
     assert isinstance(map_provider_error(raised.value, TARGET), ProviderUnavailable)
+
+
+async def test_pinned_transport_refuses_an_internal_ip_literal_without_connecting():
+    # aiohttp never hands IP literals to the resolver, so the transport checks them itself; a
+    # cached endpoint pre-check must not be the only guard.
+    transport = gateway._PinnedAiohttpTransport(allowed=())
+    try:
+        request = httpx2.Request("POST", "http://10.0.0.1:9/v1/chat/completions", content=b"{}")
+        with pytest.raises(httpx2.ConnectError) as refused:
+            await transport.handle_async_request(request)
+        assert isinstance(refused.value.__cause__, egress.EgressBlocked)
+        assert "10.0.0.1" in str(refused.value)
+    finally:
+        await transport.aclose()
