@@ -93,6 +93,26 @@ async def set_user_state_form(
     return done(request, "/admin/users", message)
 
 
+@router.post("/admin/users/{user_id}/role", dependencies=[Csrf])
+async def set_user_role_form(
+    request: Request, db: DbSession, page: SignedIn, user_id: uuid.UUID, role_id: Annotated[str, Form()] = ""
+):
+    """Give a person another organisation role; the service keeps the last owner and refuses escalation."""
+    _ = gettext_for(page.language)
+    role = parse_uuid(role_id)
+    if role is None:
+        return done(request, "/admin/users", _("Choose a role."), "error")
+    try:
+        async with db.begin_nested():
+            user = await service.update_user(db, page.ctx, user_id, UserUpdate(role_id=role))
+    except AppError as exc:
+        if exc.code == "owner_required":  # also refused when the person changed is an owner
+            message = _("Only an owner can make someone an owner or change an owner's role.")
+            return done(request, "/admin/users", message, "error")
+        return done(request, "/admin/users", error_text(request, exc), "error")
+    return done(request, "/admin/users", _("The role of %(email)s is changed.") % {"email": user.email})
+
+
 # Invitations: an admin invites a person, who sets a password through the link shown once.
 
 

@@ -116,6 +116,7 @@ ERROR_MESSAGES: dict[str, str] = {
     "role_in_use": _("The role is in use and cannot be removed."),
     "permission_escalation": _("You cannot hand out permissions you do not hold yourself."),
     "last_owner": _("The last owner cannot be removed or demoted."),
+    "owner_required": _("Only an owner can make someone an owner or change an owner's role."),
     "last_space_admin": _("A space needs at least one administrator."),
     "already_member": _("That person is already a member."),
     "egress_blocked": _("The address is not allowed."),
