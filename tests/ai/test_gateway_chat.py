@@ -36,10 +36,10 @@ async def _collect(events):
 
 
 async def test_stream_yields_deltas_then_usage_and_serving_target(stub, target, config, planted_key):
-    stub.script(answer="Hej kommunen, här är svaret.")
+    stub.script(answer="Hej kommunen, här är svaret.", delay_per_token=0.02)
     deltas, done = await _collect(stream_chat(target, MESSAGES, params={"temperature": 0.2}, config=config))
     assert "".join(deltas) == "Hej kommunen, här är svaret."
-    assert len(deltas) == 5  # one event per provider chunk: the stream is not buffered
+    assert len(deltas) == 5  # one event per provider chunk as it arrives: the stream is not buffered
     assert done.usage.prompt_tokens == 7 and done.usage.completion_tokens == 5
     assert not done.usage.estimated
     assert done.served_by is target and not done.fallback_used

@@ -551,10 +551,27 @@ EXPECTED = [
 
 
 async def test_sse_events_are_decoded_whatever_the_read_boundaries():
-    assert await _decoded([SSE]) == EXPECTED
     assert await _decoded([SSE[i : i + 1] for i in range(len(SSE))]) == EXPECTED
     crlf = SSE.replace(b"\n", b"\r\n")
     assert await _decoded([crlf[i : i + 7] for i in range(0, len(crlf), 7)]) == EXPECTED
+
+
+async def test_text_deltas_that_arrive_together_are_passed_on_as_one():
+    merged = [{"choices": [{"delta": {"content": "Hej du"}}]}, EXPECTED[2]]
+    assert await _decoded([SSE]) == merged
+
+
+async def test_only_plain_text_deltas_are_merged():
+    role = b'data: {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}\n\n'
+    text = b'data: {"choices": [{"index": 0, "delta": {"content": "Ja"}, "finish_reason": null}]}\n\n'
+    finish = b'data: {"choices": [{"index": 0, "delta": {"content": "."}, "finish_reason": "stop"}]}\n\n'
+    tool = b'data: {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0}]}}]}\n\n'
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}\n\n'
+    chunks = await _decoded([role + text + text + finish + tool + text + usage + b"data: [DONE]\n\n"])
+    texts = [gateway._text_of(chunk) for chunk in chunks]
+    assert texts == [("JaJa", None), (".", "stop"), ("", None), ("Ja", None), ("", None)]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 1, "completion_tokens": 2}
 
 
 async def test_sse_decoding_stops_at_done_and_ignores_what_follows():

@@ -45,7 +45,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -62,6 +62,7 @@ import aiohttp.abc
 import anyio
 import httpx2
 import openai
+import orjson
 from openai import AsyncAzureOpenAI, AsyncOpenAI, AsyncStream, DefaultAsyncHttpxClient, OpenAIError
 
 from allting.ai import local_embeddings
@@ -653,6 +654,48 @@ _TRANSPORT_TIMEOUTS = (httpx2.TimeoutException,)
 _TRANSPORT_ERRORS = (httpx2.RequestError, ssl.SSLError, anyio.EndOfStream)
 
 
+_DONE = object()
+
+
+def _plain_text_delta(chunk: object) -> bool:
+    """A chunk that carries nothing but answer text for the one choice (no usage, no finish)."""
+    if not isinstance(chunk, dict) or chunk.get("usage"):
+        return False
+    choices = chunk.get("choices")
+    if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
+        return False
+    choice = choices[0]
+    if choice.get("finish_reason") or choice.get("logprobs") or choice.get("index", 0) != 0:
+        return False
+    delta = choice.get("delta")
+    return (
+        isinstance(delta, dict)
+        and isinstance(delta.get("content"), str)
+        and delta.keys() <= {"content", "role", "refusal"}
+        and not delta.get("refusal")
+    )
+
+
+def _coalesced(chunks: Iterable[object]) -> Iterator[object]:
+    """Text deltas that arrived in the same read, merged into one chunk.
+
+    Nothing waits for merging: only text already received together is joined. At light load every
+    read holds one chunk and nothing changes; when the event loop falls behind, the text that piled
+    up meanwhile goes out as one event instead of dozens, so the work per answer shrinks exactly
+    when the process is busiest."""
+    pending: Any = None
+    for chunk in chunks:
+        if pending is not None and _plain_text_delta(pending) and _plain_text_delta(chunk):
+            delta = pending["choices"][0]["delta"]
+            delta["content"] += chunk["choices"][0]["delta"]["content"]  # type: ignore[index]
+            continue
+        if pending is not None:
+            yield pending
+        pending = chunk
+    if pending is not None:
+        yield pending
+
+
 class _JSONChunkStream(AsyncStream[object]):
     """The SDK's stream with a leaner decoder: chunks stay the JSON dicts the provider sent.
 
@@ -676,15 +719,19 @@ class _JSONChunkStream(AsyncStream[object]):
         try:
             async with contextlib.aclosing(response.aiter_bytes()) as body:
                 async for raw in body:
-                    for payload in decoder.feed(raw):
-                        if payload.startswith(b"[DONE]"):
-                            await self._drain(body)
-                            return
-                        yield self._chunk(payload)
-                for payload in decoder.flush():
-                    if payload.startswith(b"[DONE]"):
+                    done = False
+                    for chunk in _coalesced(self._chunks(decoder.feed(raw))):
+                        if chunk is _DONE:
+                            done = True
+                            break
+                        yield chunk
+                    if done:
+                        await self._drain(body)
                         return
-                    yield self._chunk(payload)
+                for chunk in _coalesced(self._chunks(decoder.flush())):
+                    if chunk is _DONE:
+                        return
+                    yield chunk
         except _TRANSPORT_TIMEOUTS as exc:
             raise openai.APITimeoutError(request=response.request) from exc
         except _TRANSPORT_ERRORS as exc:
@@ -692,8 +739,15 @@ class _JSONChunkStream(AsyncStream[object]):
         finally:
             await response.aclose()
 
+    def _chunks(self, payloads: list[bytes]) -> Iterable[object]:
+        for payload in payloads:
+            if payload.startswith(b"[DONE]"):
+                yield _DONE
+                return
+            yield self._chunk(payload)
+
     def _chunk(self, payload: bytes) -> object:
-        chunk = json.loads(payload)
+        chunk = orjson.loads(payload)
         if isinstance(chunk, dict) and chunk.get("error"):
             error = chunk["error"]
             message = error.get("message") if isinstance(error, dict) else None
