@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
@@ -36,7 +36,7 @@ SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 def sse(event: str | None, data: dict) -> str:
     """One server-sent event. The data is JSON on one line, so no model text can start a new event."""
-    body = json.dumps(data, ensure_ascii=False, default=str)
+    body = orjson.dumps(data, default=str).decode()
     return (f"event: {event}\n" if event else "") + f"data: {body}\n\n"
 
 
