@@ -201,3 +201,34 @@ async def test_add_a_website_see_its_crawl_then_crawl_now_and_read_the_history(
     assert await card.locator(".run-history tbody tr").count() == 2
     assert await serious_violations(page) == []
     await page.screenshot(path=str(SCREENSHOTS / "space-knowledge-websites.png"), full_page=True)
+
+
+async def test_a_too_large_upload_says_both_sizes_in_swedish(browser, live_url, chat_org, monkeypatch):
+    from allting.platform.settings import get_settings
+
+    monkeypatch.setattr(get_settings(), "max_upload_bytes", 1024 * 1024)
+    space = (await chat_org.owner.client.post("/api/v1/spaces/", json={"name": "Arkiv"})).json()
+    collection = (
+        await chat_org.owner.client.post(
+            "/api/v1/collections/", json={"space_id": space["id"], "name": "Stort"}
+        )
+    ).json()
+    context = await browser.new_context(locale="sv-SE", viewport={"width": 1280, "height": 860})
+    context.set_default_timeout(10_000)
+    page = await context.new_page()
+    await page.goto(f"{live_url}/login")
+    await page.get_by_label("E-post").fill(chat_org.owner.email)
+    await page.get_by_label("Lösenord").fill(chat_org.owner.password)
+    await page.get_by_role("button", name="Logga in").click()
+    await page.wait_for_url(f"{live_url}/")
+    await page.goto(f"{live_url}/spaces/{space['id']}/knowledge")
+    section = page.locator(f'.collection[data-collection-id="{collection["id"]}"]')
+    await section.locator("input[type=file]").set_input_files(
+        {"name": "stor.txt", "mimeType": "text/plain", "buffer": b"a" * (3 * 512 * 1024)}
+    )
+    alert = section.locator('.error-text[role="alert"]')
+    await alert.wait_for()
+    assert (
+        "stor.txt: Filen är 1,5 MB; gränsen är 1 MB. Dela upp den i mindre filer." in await alert.inner_text()
+    )
+    await context.close()

@@ -221,6 +221,7 @@ def render(
         "csrf_token": csrf_token(request),
         "flash": take_flash(request),
         "error_messages": _client_error_messages(page.language),
+        "error_templates": _client_error_templates(page.language),
         **(context or {}),
     }
     html = env.get_template(template).render(values)
@@ -235,6 +236,12 @@ def _client_error_messages(language: str) -> dict[str, str]:
     from allting.web.errors import client_messages
 
     return client_messages(language)
+
+
+def _client_error_templates(language: str) -> list[dict]:
+    from allting.web.errors import client_templates
+
+    return client_templates(language)
 
 
 def take_flash(request: Request) -> dict | None:

@@ -139,6 +139,36 @@ DOCUMENT_ERRORS: tuple[str, ...] = (
     _("The website has no embedding model; add it again to choose one"),
     _("The stored password of the website cannot be read; enter it again"),
 )
+# Messages with values, as services and the worker write them: "%(name)s" stands for a value. A
+# message that matches one is shown translated with its values (allting.web.errors).
+PARAMETERIZED_MESSAGES: tuple[str, ...] = (
+    _("The file is %(size)s MB; the limit is %(limit)s MB. Split it into smaller files."),
+    _(
+        "Your organisation's storage quota of %(quota)s MB is used up (%(used)s MB in use; this file "
+        "needs %(needed)s MB). Delete documents you no longer need, or ask the operator to raise the quota."
+    ),
+    _("Attachments can be at most %(limit)s MB"),
+    _("Images can be at most %(limit)s MB"),
+    _("The request body is larger than %(limit)s bytes"),
+    _("The monthly budget of %(tokens)s tokens for your organisation is used up; it resets on %(date)s"),
+    _("The monthly budget of %(tokens)s tokens for this space is used up; it resets on %(date)s"),
+    _("The monthly budget of %(tokens)s tokens for your account is used up; it resets on %(date)s"),
+    _("The monthly budget of %(cost)s USD for your organisation is used up; it resets on %(date)s"),
+    _("The monthly budget of %(cost)s USD for this space is used up; it resets on %(date)s"),
+    _("The monthly budget of %(cost)s USD for your account is used up; it resets on %(date)s"),
+    _(
+        "Reading the document took longer than %(seconds)s seconds, the limit for one document. Split it "
+        "into smaller files or save it in a simpler format."
+    ),
+    _("The file contains %(parts)s parts, more than the limit of %(limit)s, which looks like a zip bomb."),
+    _(
+        "A part of the file expands %(ratio)s times when unpacked (the limit is %(limit)s), which looks "
+        "like a zip bomb."
+    ),
+    _("The file expands to more than %(limit)s MB when unpacked (%(size)s MB), which looks like a zip bomb."),
+)
+# A rate limit's wait is in the error (Retry-After), not in its sentence.
+WAIT_MESSAGE = _("Too many attempts. Try again in %(seconds)s seconds.")
 del _
 
 

@@ -41,7 +41,9 @@
   var reasons = {};
   try { reasons = JSON.parse(root.getAttribute("data-error-texts") || "{}"); } catch (e) { reasons = {}; }
   // A failure reason recorded by the worker, in the page's language when the catalog has it.
-  function reasonText(text) { return (text && reasons[text]) || text || t("unknown-reason"); }
+  function reasonText(text) {
+    return (text && (reasons[text] || window.AlltingMessageText(text))) || text || t("unknown-reason");
+  }
 
   var form = document.getElementById("new-collection");
   if (form) {
