@@ -70,7 +70,6 @@ async def test_upload_becomes_ready_live_and_an_assistant_cites_it(
     await passage.wait_for()
     assert "Library services" in await passage.locator(".passage-source").inner_text()
     assert await serious_violations(page) == []
-    await page.screenshot(path=str(SCREENSHOTS / "space-knowledge-documents.png"), full_page=True)
 
     # An assistant over the collection answers with a numbered citation chip.
     await page.goto(f"{live_url}/spaces/{space['id']}/assistants")
@@ -200,7 +199,6 @@ async def test_add_a_website_see_its_crawl_then_crawl_now_and_read_the_history(
     await card.locator(".run-history tbody tr").nth(1).wait_for()
     assert await card.locator(".run-history tbody tr").count() == 2
     assert await serious_violations(page) == []
-    await page.screenshot(path=str(SCREENSHOTS / "space-knowledge-websites.png"), full_page=True)
 
 
 async def test_a_too_large_upload_says_both_sizes_in_swedish(browser, live_url, chat_org, monkeypatch):
@@ -232,3 +230,99 @@ async def test_a_too_large_upload_says_both_sizes_in_swedish(browser, live_url, 
         "stor.txt: Filen är 1,5 MB; gränsen är 1 MB. Dela upp den i mindre filer." in await alert.inner_text()
     )
     await context.close()
+
+
+SWEDISH_DOCUMENT = (
+    "# Bibliotekets tjänster\n\n"
+    "Stadsbiblioteket vid Stortorget öppnar klockan nio på vardagar och klockan tio på lördagar.\n\n"
+    "## Lån\n\nLånekortet är gratis för alla som bor i kommunen. "
+    "Böcker lånas i fyra veckor och kan förnyas två gånger.\n"
+)
+
+
+async def _until(read, done, timeout: float = 60.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await read()
+        if done(value):
+            return value
+        assert asyncio.get_running_loop().time() < deadline, value
+        await asyncio.sleep(0.1)
+
+
+async def test_the_knowledge_page_in_swedish_light_and_dark(
+    browser, live_url, chat_org, worker, local_model, site
+):
+    """Documents (one ready, one failed with its reason), a search, and a crawled website with its
+    run history, in Swedish; no serious accessibility violations; the screenshots in docs/."""
+    client = chat_org.owner.client
+    space = (await client.post("/api/v1/spaces/", json={"name": "Kultur och fritid"})).json()
+    collection = (
+        await client.post("/api/v1/collections/", json={"space_id": space["id"], "name": "Bibliotek"})
+    ).json()
+    documents = []
+    for name, data in (
+        ("bibliotek.md", SWEDISH_DOCUMENT.encode()),
+        ("protokoll.pdf", b"%PDF-1.4\n%broken\n" + b"x" * 200),
+    ):
+        uploaded = await client.post(
+            f"/api/v1/collections/{collection['id']}/documents/", files={"file": (name, data)}
+        )
+        assert uploaded.status_code == 202, uploaded.text
+        documents.append(uploaded.json()["id"])
+    for document_id in documents:
+        await _until(
+            lambda document_id=document_id: client.get(f"/api/v1/documents/{document_id}"),
+            lambda response: response.json()["status"] in ("ready", "failed"),
+        )
+    website = (
+        await client.post(
+            f"/api/v1/spaces/{space['id']}/websites/", json={"url": site.url + "/", "name": "Testkommunen"}
+        )
+    ).json()
+
+    async def runs():
+        return (await client.get(f"/api/v1/websites/{website['id']}/runs/")).json()["items"]
+
+    def finished(items):
+        return items and all(run["status"] in ("succeeded", "failed") for run in items)
+
+    await _until(runs, finished)
+    assert (await client.post(f"/api/v1/websites/{website['id']}/run/")).status_code in (200, 201, 202)
+    await _until(runs, lambda items: len(items) == 2 and finished(items))
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for theme in ("light", "dark"):
+        context = await browser.new_context(
+            locale="sv-SE", viewport={"width": 1280, "height": 860}, color_scheme=theme, bypass_csp=True
+        )
+        context.set_default_timeout(10_000)
+        page = await context.new_page()
+        await page.goto(f"{live_url}/login")
+        await page.get_by_label("E-post").fill(chat_org.owner.email)
+        await page.get_by_label("Lösenord").fill(chat_org.owner.password)
+        await page.get_by_role("button", name="Logga in").click()
+        await page.wait_for_url(f"{live_url}/")
+        await page.goto(f"{live_url}/spaces/{space['id']}/knowledge")
+        await page.locator('#knowledge[data-watching="true"]').wait_for()
+        section = page.locator(f'.collection[data-collection-id="{collection["id"]}"]')
+        await section.locator('tr[data-status="ready"]', has_text="Bibliotekets tjänster").wait_for()
+        reason = section.locator('tr[data-status="failed"] [data-role="reason"]')
+        assert (await reason.inner_text()).startswith("Orsak:"), await reason.inner_text()
+        await section.get_by_label("Sök i samlingen").fill("lånekort")
+        await section.get_by_role("button", name="Sök").click()
+        await section.locator(".passage").first.wait_for()
+        card = page.locator(".website", has_text="Testkommunen")
+        await card.locator("summary").click()
+        await card.locator(".run-history tbody tr").nth(1).wait_for()
+        body = await page.locator("main").inner_text()
+        for english in ("Ready", "Failed", "Search", "Run history", "Crawl now", "Latest crawl"):
+            assert english not in body.split("\n"), english
+        assert await serious_violations(page) == [], theme
+        await page.screenshot(
+            path=str(SCREENSHOTS / f"space-knowledge-documents-{theme}.png"), full_page=True
+        )
+        await page.locator("#websites").screenshot(
+            path=str(SCREENSHOTS / f"space-knowledge-websites-{theme}.png")
+        )
+        await context.close()
