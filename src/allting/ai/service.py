@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
@@ -650,7 +650,7 @@ async def record_usage(
     space_id: uuid.UUID | None = None,
     assistant_id: uuid.UUID | None = None,
     outcome: str = "success",
-) -> UsageRecord:
+) -> None:
     """Record one model call for usage reports and budgets, with its cost where known."""
     override = None
     if model.input_price_per_million is not None and model.output_price_per_million is not None:
@@ -658,24 +658,27 @@ async def record_usage(
             float(model.input_price_per_million) / 1e6, float(model.output_price_per_million) / 1e6
         )
     cost = gateway.estimate_cost(target, usage, price_override=override)
-    record = UsageRecord(
-        tenant_id=ctx.tenant_id,
-        user_id=ctx.user_id,
-        space_id=space_id,
-        assistant_id=assistant_id,
-        model_id=model.id,
-        model_name=model.name,
-        provider_type=model.provider_type,
-        kind=model.kind,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        cost=Decimal(str(round(cost, 6))) if cost is not None else None,
-        latency_ms=latency_ms,
-        outcome=outcome,
+    # One INSERT without the unit of work: the row is never read back here, and a question records
+    # usage on every answer. The tenant is the caller's; row-level security checks it.
+    await db.execute(
+        insert(UsageRecord.__table__).values(
+            id=uuid.uuid4(),
+            created_at=utcnow(),
+            tenant_id=ctx.tenant_id,
+            user_id=ctx.user_id,
+            space_id=space_id,
+            assistant_id=assistant_id,
+            model_id=model.id,
+            model_name=model.name,
+            provider_type=model.provider_type,
+            kind=model.kind,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cost=Decimal(str(round(cost, 6))) if cost is not None else None,
+            latency_ms=latency_ms,
+            outcome=outcome,
+        )
     )
-    db.add(record)
-    await db.flush()
-    return record
 
 
 async def _used(db: AsyncSession, budget: Budget, start: datetime, end: datetime) -> tuple[int, Decimal]:
