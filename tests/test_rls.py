@@ -16,7 +16,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from allting.jobs.models import Job
-from allting.platform.db import APP_ROLE, app_engine, new_session, system_transaction, transaction
+from allting.platform.db import (
+    APP_ROLE,
+    app_engine,
+    new_session,
+    system_transaction,
+    transaction,
+)
 from allting.platform.tenancy import CrossTenantWrite, set_tenant, tenant_tables
 from allting.users.models import UserGroup
 
@@ -145,6 +151,35 @@ async def test_the_tenant_lasts_one_transaction_not_the_connection(tenants):
         async with connection.begin():
             assert await connection.scalar(text("SELECT count(*) FROM users")) == 0
             assert await connection.scalar(text("SELECT current_setting('app.tenant_id', true)")) == ""
+
+
+async def test_the_tenant_goes_with_begin_in_the_same_round_trip(tenants, monkeypatch):
+    a, _ = tenants
+    sent = []
+    execute = asyncpg.Connection.execute
+
+    async def recording(self, query, *args, **kwargs):
+        sent.append(query)
+        return await execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "execute", recording)
+    async with transaction() as db:
+        await set_tenant(db, a)
+        assert await db.scalar(text("SELECT current_setting('app.tenant_id', true)")) == str(a)
+        assert await db.scalar(text("SELECT count(*) FROM users")) > 0
+    (begin,) = [query for query in sent if query.startswith("BEGIN")]
+    assert f"set_config('app.tenant_id', '{a}', true)" in begin
+    assert not any("set_config" in query for query in sent if not query.startswith("BEGIN"))
+
+
+async def test_a_tenant_set_for_a_transaction_that_never_ran_is_not_left_on_the_connection(tenants):
+    a, _ = tenants
+    async with new_session() as db:
+        await set_tenant(db, a)
+        await db.connection()  # the session begins, but no statement reaches the database
+    for _ in range(5):  # whichever pooled connection comes next
+        async with app_engine().connect() as connection:
+            assert await connection.scalar(text("SELECT count(*) FROM users")) == 0
 
 
 # --- writing ----------------------------------------------------------------------------------

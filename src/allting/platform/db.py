@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends
 from sqlalchemy import DateTime, MetaData, event, exc, func
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -79,12 +80,60 @@ def _drop_closed_connections(engine: AsyncEngine) -> None:
             raise exc.DisconnectionError("connection closed")
 
 
+class SettingsOnBeginConnection(asyncpg.Connection):
+    """An asyncpg connection that can apply transaction-local settings together with its next BEGIN.
+
+    `set_config(name, value, true)` after BEGIN is its own round trip, and every transaction of
+    the application role needs one (the tenant, see platform/tenancy.py). Sent in the same simple
+    query as BEGIN it costs nothing extra: one round trip per transaction instead of two. The
+    settings are used once, by the next BEGIN, and dropped when the connection goes back to the
+    pool, so they never outlive the transaction they were set for.
+    """
+
+    _settings_on_begin: dict[str, str] | None = None
+
+    def set_on_next_begin(self, settings: dict[str, str] | None) -> None:
+        self._settings_on_begin = settings
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109
+        settings, self._settings_on_begin = self._settings_on_begin, None
+        if settings and not args and query.startswith("BEGIN"):
+            query += "".join(
+                f" SELECT set_config({_literal(name)}, {_literal(value)}, true);"
+                for name, value in settings.items()
+            )
+        return await super().execute(query, *args, timeout=timeout)
+
+
+def _literal(value: str) -> str:
+    """A SQL string literal (standard_conforming_strings is on in every supported PostgreSQL)."""
+    if "\x00" in value:
+        raise ValueError("a setting may not contain NUL")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def driver_connection(connection: Any) -> Any:
+    """The asyncpg connection under a SQLAlchemy (sync-facing) Connection."""
+    return connection.connection.driver_connection
+
+
 def init_engines(urls: DatabaseUrls, *, pool_size: int = 10, max_overflow: int = 10) -> None:
     """Create the application and system engines; the owner URL is only used by migrations."""
     _engines.app = create_async_engine(
-        urls.app, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800
+        urls.app,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_recycle=1800,
+        connect_args={"connection_class": SettingsOnBeginConnection},
     )
     _drop_closed_connections(_engines.app)
+
+    @event.listens_for(_engines.app.sync_engine, "checkin")
+    def _forget_settings(dbapi_connection, _record) -> None:
+        raw = getattr(dbapi_connection, "_connection", None)
+        if isinstance(raw, SettingsOnBeginConnection):
+            raw.set_on_next_begin(None)
+
     _engines.system = create_async_engine(urls.system, pool_size=2, max_overflow=4, pool_pre_ping=True)
     _engines.app_sessions = async_sessionmaker(_engines.app, expire_on_commit=False)
     _engines.system_sessions = async_sessionmaker(_engines.system, expire_on_commit=False)

@@ -21,7 +21,7 @@ from sqlalchemy.orm import (
     with_loader_criteria,
 )
 
-from allting.platform.db import APP_ROLE, SYSTEM_ROLE, Base
+from allting.platform.db import APP_ROLE, SYSTEM_ROLE, Base, SettingsOnBeginConnection, driver_connection
 
 TENANT_SETTING = "app.tenant_id"
 
@@ -56,9 +56,15 @@ def _set_tenant_on_begin(session: Session, _transaction, connection) -> None:
     if session.info.get("system"):
         return
     tenant_id = session.info.get("tenant_id")
+    value = str(uuid.UUID(str(tenant_id))) if tenant_id else ""
+    raw = driver_connection(connection)
+    if isinstance(raw, SettingsOnBeginConnection) and not raw.is_in_transaction():
+        # The database transaction starts lazily with the first statement: the tenant goes with
+        # that BEGIN, in the same round trip.
+        raw.set_on_next_begin({TENANT_SETTING: value})
+        return
     connection.execute(
-        text("select set_config(:name, :value, true)"),
-        {"name": TENANT_SETTING, "value": str(tenant_id) if tenant_id else ""},
+        text("select set_config(:name, :value, true)"), {"name": TENANT_SETTING, "value": value}
     )
 
 
