@@ -639,8 +639,32 @@ def month_window(now: datetime | None = None) -> tuple[datetime, datetime]:
     return start, end
 
 
-async def record_usage(
-    db: AsyncSession,
+_USAGE_COLUMNS = (
+    "id",
+    "created_at",
+    "tenant_id",
+    "user_id",
+    "space_id",
+    "assistant_id",
+    "model_id",
+    "model_name",
+    "provider_type",
+    "kind",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost",
+    "latency_ms",
+    "outcome",
+)
+USAGE_INSERT = insert(UsageRecord.__table__).values(
+    {name: bindparam(f"usage_{name}", type_=UsageRecord.__table__.c[name].type) for name in _USAGE_COLUMNS}
+)
+"""One usage row without the unit of work, built once; its parameters come from `usage_row`. The
+tenant is the caller's and row-level security checks it. Callers may add a CTE to write more in
+the same round trip."""
+
+
+def usage_row(
     ctx: Ctx,
     model: AiModel,
     usage: gateway.Usage,
@@ -650,35 +674,37 @@ async def record_usage(
     space_id: uuid.UUID | None = None,
     assistant_id: uuid.UUID | None = None,
     outcome: str = "success",
-) -> None:
-    """Record one model call for usage reports and budgets, with its cost where known."""
+) -> dict:
+    """The parameters of `USAGE_INSERT` for one model call, with its cost where known."""
     override = None
     if model.input_price_per_million is not None and model.output_price_per_million is not None:
         override = gateway.PriceOverride(
             float(model.input_price_per_million) / 1e6, float(model.output_price_per_million) / 1e6
         )
     cost = gateway.estimate_cost(target, usage, price_override=override)
-    # One INSERT without the unit of work: the row is never read back here, and a question records
-    # usage on every answer. The tenant is the caller's; row-level security checks it.
-    await db.execute(
-        insert(UsageRecord.__table__).values(
-            id=uuid.uuid4(),
-            created_at=utcnow(),
-            tenant_id=ctx.tenant_id,
-            user_id=ctx.user_id,
-            space_id=space_id,
-            assistant_id=assistant_id,
-            model_id=model.id,
-            model_name=model.name,
-            provider_type=model.provider_type,
-            kind=model.kind,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cost=Decimal(str(round(cost, 6))) if cost is not None else None,
-            latency_ms=latency_ms,
-            outcome=outcome,
-        )
-    )
+    values = {
+        "id": uuid.uuid4(),
+        "created_at": utcnow(),
+        "tenant_id": ctx.tenant_id,
+        "user_id": ctx.user_id,
+        "space_id": space_id,
+        "assistant_id": assistant_id,
+        "model_id": model.id,
+        "model_name": model.name,
+        "provider_type": model.provider_type,
+        "kind": model.kind,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cost": Decimal(str(round(cost, 6))) if cost is not None else None,
+        "latency_ms": latency_ms,
+        "outcome": outcome,
+    }
+    return {f"usage_{name}": value for name, value in values.items()}
+
+
+async def record_usage(db: AsyncSession, ctx: Ctx, model: AiModel, usage: gateway.Usage, **details) -> None:
+    """Record one model call for usage reports and budgets (see `usage_row` for the details)."""
+    await db.execute(USAGE_INSERT, usage_row(ctx, model, usage, **details))
 
 
 async def _used(db: AsyncSession, budget: Budget, start: datetime, end: datetime) -> tuple[int, Decimal]:

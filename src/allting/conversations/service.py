@@ -363,11 +363,12 @@ _FINISHED_FIELDS = (
     "completion_tokens",
     "completed_at",
 )
-_FINISH_MESSAGE = (
-    update(Message)
-    .where(Message.id == bindparam("message_id"))
+# The answer and its usage in one statement (one round trip), built once.
+_FINISH_MESSAGE_AND_RECORD_USAGE = ai_service.USAGE_INSERT.add_cte(
+    update(Message.__table__)
+    .where(Message.__table__.c.id == bindparam("message_id"))
     .values({name: bindparam(name, type_=Message.__table__.c[name].type) for name in _FINISHED_FIELDS})
-    .execution_options(synchronize_session=False)
+    .cte("finished_message")
 )
 
 
@@ -389,23 +390,6 @@ async def _record(prepared: PreparedQuestion, outcome: _Outcome, latency_ms: int
     )
     async with transaction() as db:
         await set_tenant(db, prepared.ctx.tenant_id)
-        # One UPDATE, without loading the question's row first; the statement is built once.
-        await db.execute(
-            _FINISH_MESSAGE,
-            {
-                "message_id": prepared.message_id,
-                "answer": outcome.answer,
-                "status": outcome.status,
-                "error": outcome.error,
-                "model_id": model.id,
-                "model_name": model.name,
-                "provider_type": model.provider_type,
-                "fallback_used": outcome.served_by_index > 0,
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "completed_at": utcnow(),
-            },
-        )
         for citation in outcome.citations:
             db.add(
                 Citation(
@@ -420,16 +404,31 @@ async def _record(prepared: PreparedQuestion, outcome: _Outcome, latency_ms: int
                     score=citation["score"],
                 )
             )
-        await ai_service.record_usage(
-            db,
-            prepared.ctx,
-            model,
-            usage,
-            target=target,
-            latency_ms=latency_ms,
-            space_id=prepared.space_id,
-            assistant_id=prepared.assistant_id,
-            outcome="success" if outcome.status == "complete" else outcome.status,
+        await db.execute(
+            _FINISH_MESSAGE_AND_RECORD_USAGE,
+            {
+                "message_id": prepared.message_id,
+                "answer": outcome.answer,
+                "status": outcome.status,
+                "error": outcome.error,
+                "model_id": model.id,
+                "model_name": model.name,
+                "provider_type": model.provider_type,
+                "fallback_used": outcome.served_by_index > 0,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "completed_at": utcnow(),
+                **ai_service.usage_row(
+                    prepared.ctx,
+                    model,
+                    usage,
+                    target=target,
+                    latency_ms=latency_ms,
+                    space_id=prepared.space_id,
+                    assistant_id=prepared.assistant_id,
+                    outcome="success" if outcome.status == "complete" else outcome.status,
+                ),
+            },
         )
 
 
