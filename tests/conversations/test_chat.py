@@ -326,3 +326,41 @@ async def test_a_browser_session_cookie_alone_cannot_change_anything(chat_org, a
         assert (await browser.get("/api/v1/users/me/")).status_code == 200
         refused = await browser.post("/api/v1/spaces/", json={"name": "Forged"})
         assert refused.status_code == 403 and refused.json()["code"] == "csrf_failed"
+
+
+async def test_the_provider_starts_before_the_question_is_stored_and_stops_if_storing_fails(
+    chat_org, llm, monkeypatch
+):
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    llm.script(answer="word " * 400, delay_per_token=0.02)
+    assistant_id = await personal_assistant(chat_org.owner.client)
+    commit = AsyncSession.commit
+    seen_by_provider_before_commit = []
+
+    async def failing_commit(self):
+        if self.info.get("tenant_id") != chat_org.id:
+            return await commit(self)
+        for _ in range(200):  # the provider call runs alongside the writes; let it reach the stub
+            if llm.active_streams:
+                break
+            await asyncio.sleep(0.01)
+        seen_by_provider_before_commit.append(llm.active_streams)
+        raise OperationalError("COMMIT", {}, Exception("the database went away"))
+
+    monkeypatch.setattr(AsyncSession, "commit", failing_commit)
+    response = await chat_org.owner.client.post(
+        "/api/v1/conversations/",
+        json={"question": "long please", "assistant_id": assistant_id, "stream": True},
+    )
+    monkeypatch.setattr(AsyncSession, "commit", commit)
+    assert response.status_code >= 500
+    assert seen_by_provider_before_commit[0] == 1
+    for _ in range(100):
+        if llm.cancelled_streams:
+            break
+        await asyncio.sleep(0.02)
+    assert llm.cancelled_streams == 1
+    async with system_transaction() as db:
+        assert not list(await db.scalars(select(Message).where(Message.tenant_id == chat_org.id)))

@@ -1160,6 +1160,81 @@ async def _open_stream(
         raise
 
 
+class ChatStream:
+    """A streamed answer whose provider has already answered: iterate `events()` for the text and
+    the final `ChatDone`, or `aclose()` to stop the provider without reading."""
+
+    def __init__(
+        self,
+        opened: _OpenedStream,
+        served_by: ModelTarget,
+        index: int,
+        failed: tuple[str, ...],
+        messages: list[dict[str, Any]],
+    ) -> None:
+        self._opened = opened
+        self._served_by = served_by
+        self._index = index
+        self._failed = failed
+        self._messages = messages
+
+    async def events(self) -> AsyncIterator[ChatEvent]:
+        opened = self._opened
+        parts: list[str] = []
+        usage: Usage | None = None
+        finish_reason: str | None = None
+        try:
+            for chunk in opened.first_chunks:
+                usage = _usage_from(_field(chunk, "usage")) or usage
+                finish_reason = _text_of(chunk)[1] or finish_reason
+            if opened.first_text:
+                parts.append(opened.first_text)
+                yield TextDelta(opened.first_text)
+            while not opened.finished:
+                chunk = await _next_chunk(opened.stream, self._served_by)
+                if chunk is None:
+                    break
+                usage = _usage_from(_field(chunk, "usage")) or usage
+                text, reason = _text_of(chunk)
+                finish_reason = reason or finish_reason
+                if text:
+                    parts.append(text)
+                    yield TextDelta(text)
+        finally:
+            await self.aclose()
+        usage = usage or _estimated_usage(self._messages, "".join(parts))
+        yield ChatDone(usage, self._served_by, self._index, finish_reason, self._failed)
+
+    async def aclose(self) -> None:
+        """Close the HTTP response: the provider sees the client leave and stops generating."""
+        await self._opened.stream.aclose()
+
+
+async def open_chat(
+    target: ModelTarget,
+    messages: list[dict[str, Any]],
+    *,
+    params: Mapping[str, Any] | None = None,
+    fallbacks: Iterable[ModelTarget] = (),
+    timeout: float = 60.0,  # noqa: ASYNC109 - per provider request, passed to the HTTP client
+    config: GatewayConfig | None = None,
+) -> ChatStream:
+    """Start a streamed answer and wait for its first text (or its end), with retries and the
+    fallback chain; failures up to there raise `ProviderError`. The caller must iterate or
+    `aclose()` the result. Useful to start the provider while other work goes on."""
+    config = config or GatewayConfig()
+    chat_params = _chat_kwargs(params)
+    targets = [target, *fallbacks]
+
+    async def open_one(candidate: ModelTarget) -> _OpenedStream:
+        return await _with_retries(
+            candidate, config.retry, lambda: _open_stream(candidate, messages, chat_params, config, timeout)
+        )
+
+    index, opened, failed = await _with_fallbacks(targets, open_one)
+    return ChatStream(opened, targets[index], index, failed, messages)
+
+
 async def stream_chat(
     target: ModelTarget,
     messages: list[dict[str, Any]],
@@ -1171,43 +1246,12 @@ async def stream_chat(
 ) -> AsyncIterator[ChatEvent]:
     """Yield `TextDelta`s and then one `ChatDone`. Close the iterator (or cancel the task) to stop
     the provider: use `contextlib.aclosing(stream_chat(...))` when you may stop early."""
-    config = config or GatewayConfig()
-    chat_params = _chat_kwargs(params)
-    targets = [target, *fallbacks]
-
-    async def open_one(candidate: ModelTarget) -> _OpenedStream:
-        return await _with_retries(
-            candidate, config.retry, lambda: _open_stream(candidate, messages, chat_params, config, timeout)
-        )
-
-    index, opened, failed = await _with_fallbacks(targets, open_one)
-    served_by = targets[index]
-    stream = opened.stream
-    parts: list[str] = []
-    usage: Usage | None = None
-    finish_reason: str | None = None
-    try:
-        for chunk in opened.first_chunks:
-            usage = _usage_from(_field(chunk, "usage")) or usage
-            finish_reason = _text_of(chunk)[1] or finish_reason
-        if opened.first_text:
-            parts.append(opened.first_text)
-            yield TextDelta(opened.first_text)
-        while not opened.finished:
-            chunk = await _next_chunk(stream, served_by)
-            if chunk is None:
-                break
-            usage = _usage_from(_field(chunk, "usage")) or usage
-            text, reason = _text_of(chunk)
-            finish_reason = reason or finish_reason
-            if text:
-                parts.append(text)
-                yield TextDelta(text)
-    finally:
-        # Closing the stream closes the HTTP response: the provider sees the client leave.
-        await stream.aclose()
-    usage = usage or _estimated_usage(messages, "".join(parts))
-    yield ChatDone(usage, served_by, index, finish_reason, failed)
+    chat = await open_chat(
+        target, messages, params=params, fallbacks=fallbacks, timeout=timeout, config=config
+    )
+    async with contextlib.aclosing(chat.events()) as events:
+        async for event in events:
+            yield event
 
 
 async def complete_chat(

@@ -71,6 +71,16 @@ async def _named_events(prepared: service.PreparedQuestion) -> AsyncIterator[str
         yield sse(*_event_payload(event))
 
 
+async def _store_question(db: DbSession, prepared: service.PreparedQuestion) -> None:
+    """Commit the question before its answer streams (the answer is stored in its own transaction),
+    stopping the already started provider call if the commit fails."""
+    try:
+        await db.commit()
+    except BaseException:
+        await service.abandon(prepared)
+        raise
+
+
 def _ask_response(prepared: service.PreparedQuestion, result: dict) -> AskResponse:
     model = result.get("model") or {}
     return AskResponse(
@@ -112,9 +122,9 @@ async def ask(data: AskRequest, db: DbSession, ctx: CurrentCtx):
         file_ids=data.files,
         model_id=data.model_id,
     )
+    await _store_question(db, prepared)
     if data.stream:
         return StreamingResponse(_named_events(prepared), media_type="text/event-stream", headers=SSE_HEADERS)
-    await db.commit()
     return _ask_response(prepared, await service.answer_at_once(prepared))
 
 
@@ -282,11 +292,11 @@ async def _ask_session(
         conversation_id=session_id,
         file_ids=data.files,
     )
+    await _store_question(db, prepared)
     if data.stream:
         return StreamingResponse(
             _reference_events(prepared), media_type="text/event-stream", headers=SSE_HEADERS
         )
-    await db.commit()
     result = await service.answer_at_once(prepared)
     return _reference_answer(prepared, result["answer"], result["citations"], result["model"])
 

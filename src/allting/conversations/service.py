@@ -50,9 +50,11 @@ class PreparedQuestion:
     prompt_version: int
     messages: list[dict]
     call: ai_service.PreparedCall
-    params: dict
     sources: list
     created_conversation: bool
+    # The provider call, started before the question is stored so that its time to first token
+    # overlaps the writes; `stream_answer` reads it, `abandon` stops it.
+    opening: asyncio.Future[gateway.ChatStream]
 
 
 @dataclass(frozen=True)
@@ -245,52 +247,64 @@ async def prepare_question(
     call = await ai_service.prepare_call(
         db, ctx, model, kind="completion", space_id=space.id, estimated_tokens=estimated
     )
-    created = conversation is None
-    now = utcnow()
-    message_values = {
-        "id": uuid.uuid4(),
-        "tenant_id": ctx.tenant_id,
-        "created_at": now,
-        "updated_at": now,
-        "question": question,
-        "answer": "",
-        "status": "streaming",
-        "model_id": model.id,
-        "model_name": model.name,
-        "provider_type": model.provider_type,
-        "fallback_used": False,
-        "prompt_version": assistant.prompt_version,
-        "file_ids": [file.id for file in files],
-    }
-    if created:
-        # A new conversation and its first message in one statement (one round trip, no unit of
-        # work). The tenant is the caller's; row-level security checks it as for any other write.
-        conversation_id = uuid.uuid4()
-        new_conversation = (
-            insert(Conversation.__table__)
-            .values(
-                id=conversation_id,
-                tenant_id=ctx.tenant_id,
-                created_at=now,
-                updated_at=now,
-                user_id=ctx.user_id,
-                assistant_id=assistant.id,
-                space_id=space.id,
-                api_key_id=ctx.api_key_id if ctx.actor_type == "assistant_key" else None,
-                title=prompting.automatic_title(question),
+    opening = asyncio.ensure_future(
+        gateway.open_chat(
+            call.target,
+            messages,
+            params={key: value for key, value in params.items() if value is not None},
+            fallbacks=call.fallbacks,
+        )
+    )
+    try:
+        created = conversation is None
+        now = utcnow()
+        message_values = {
+            "id": uuid.uuid4(),
+            "tenant_id": ctx.tenant_id,
+            "created_at": now,
+            "updated_at": now,
+            "question": question,
+            "answer": "",
+            "status": "streaming",
+            "model_id": model.id,
+            "model_name": model.name,
+            "provider_type": model.provider_type,
+            "fallback_used": False,
+            "prompt_version": assistant.prompt_version,
+            "file_ids": [file.id for file in files],
+        }
+        if created:
+            # A new conversation and its first message in one statement (one round trip, no unit of
+            # work). The tenant is the caller's; row-level security checks it as for any other write.
+            conversation_id = uuid.uuid4()
+            new_conversation = (
+                insert(Conversation.__table__)
+                .values(
+                    id=conversation_id,
+                    tenant_id=ctx.tenant_id,
+                    created_at=now,
+                    updated_at=now,
+                    user_id=ctx.user_id,
+                    assistant_id=assistant.id,
+                    space_id=space.id,
+                    api_key_id=ctx.api_key_id if ctx.actor_type == "assistant_key" else None,
+                    title=prompting.automatic_title(question),
+                )
+                .cte("new_conversation")
             )
-            .cte("new_conversation")
-        )
-        await db.execute(
-            insert(Message.__table__)
-            .values(conversation_id=conversation_id, **message_values)
-            .add_cte(new_conversation)
-        )
-    else:
-        conversation_id = conversation.id
-        db.add(Message(conversation_id=conversation_id, **message_values))
-        conversation.updated_at = now
-        await db.flush()
+            await db.execute(
+                insert(Message.__table__)
+                .values(conversation_id=conversation_id, **message_values)
+                .add_cte(new_conversation)
+            )
+        else:
+            conversation_id = conversation.id
+            db.add(Message(conversation_id=conversation_id, **message_values))
+            conversation.updated_at = now
+            await db.flush()
+    except BaseException:
+        await asyncio.shield(_stop(opening))
+        raise
     return PreparedQuestion(
         ctx=ctx,
         conversation_id=conversation_id,
@@ -301,10 +315,23 @@ async def prepare_question(
         prompt_version=assistant.prompt_version,
         messages=messages,
         call=call,
-        params={key: value for key, value in params.items() if value is not None},
         sources=[(source, passages[source.number - 1]) for source in used_sources],
         created_conversation=created,
+        opening=opening,
     )
+
+
+async def _stop(opening: asyncio.Future[gateway.ChatStream]) -> None:
+    """Stop a provider call whose answer will not be read, whether or not it has answered yet."""
+    opening.cancel()
+    await asyncio.wait([opening])
+    if not opening.cancelled() and opening.exception() is None:
+        await opening.result().aclose()
+
+
+async def abandon(prepared: PreparedQuestion) -> None:
+    """The question was not stored after all (its transaction failed): stop its provider call."""
+    await _stop(prepared.opening)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,18 +464,17 @@ async def stream_answer(prepared: PreparedQuestion) -> AsyncIterator[AnswerEvent
     whatever happens, the answer is stored exactly once, partial answers marked incomplete."""
     started = time.perf_counter()
     outcome = _Outcome()
-    yield Started(
-        prepared.conversation_id,
-        prepared.message_id,
-        prepared.question,
-        prepared.assistant_id,
-        _model_info(prepared.call.model),
-    )
-    stream = gateway.stream_chat(
-        prepared.call.target, prepared.messages, params=prepared.params, fallbacks=prepared.call.fallbacks
-    )
+    chat = None
     try:
-        async with contextlib.aclosing(stream):
+        yield Started(
+            prepared.conversation_id,
+            prepared.message_id,
+            prepared.question,
+            prepared.assistant_id,
+            _model_info(prepared.call.model),
+        )
+        chat = await prepared.opening
+        async with contextlib.aclosing(chat.events()) as stream:
             async for event in stream:
                 if isinstance(event, gateway.TextDelta):
                     outcome.answer += event.text
@@ -477,6 +503,8 @@ async def stream_answer(prepared: PreparedQuestion) -> AsyncIterator[AnswerEvent
         await _record(prepared, outcome, int((time.perf_counter() - started) * 1000))
         yield Failed(exc.code, exc.message, partial=bool(outcome.answer))
     finally:
+        if chat is None:
+            await asyncio.shield(_stop(prepared.opening))
         if not outcome.recorded:
             outcome.error = outcome.error or "The answer was stopped before it was finished"
             await asyncio.shield(_record(prepared, outcome, int((time.perf_counter() - started) * 1000)))
