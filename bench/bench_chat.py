@@ -56,6 +56,24 @@ def _wait(url: str, timeout: float = 120) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_until_idle(pid: int, timeout: float = 120) -> None:
+    """Wait for the server's background start-up work (LiteLLM is imported after it is ready) to
+    finish, so it does not compete with the first measurements."""
+    deadline = time.monotonic() + timeout
+    last = _cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = _cpu_seconds(pid)
+        if now - last < 0.05:
+            return
+        last = now
+
+
 def _rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -173,6 +191,7 @@ async def main(rounds: int) -> None:
         _wait(f"{stub_url}/models")
         _wait(f"{base}/api/readyz")
         token, assistant_id = await _setup(base, stub_url)
+        _wait_until_idle(api.pid)
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
         async with (
             httpx.AsyncClient(timeout=60, limits=limits) as direct_client,
