@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from typing import Annotated
 
@@ -38,6 +39,34 @@ def _settings():
     return settings
 
 
+def _wait_for_services(settings) -> bool:
+    """Wait until an external PostgreSQL and Redis answer; False when SIGTERM or Ctrl-C came first.
+
+    Before the process starts its real work, a stop request during the wait needs no clean-up:
+    it cancels the wait and the command ends with success, as a stop asked for should.
+    """
+    from allting.platform import runtime
+
+    async def wait() -> bool:
+        loop = asyncio.get_running_loop()
+        waiting = asyncio.current_task()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, waiting.cancel)
+        try:
+            await runtime.wait_for_services(settings)
+        except asyncio.CancelledError:
+            return False
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+        return True
+
+    if asyncio.run(wait()):
+        return True
+    typer.echo("Stopped while waiting for PostgreSQL and Redis.", err=True)
+    return False
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
@@ -52,6 +81,8 @@ def serve(
     settings = _settings()
     if settings.embedded:
         typer.echo(f"Data directory: {settings.data_dir}", err=True)
+    if not _wait_for_services(settings):
+        return
     uvicorn.run(
         create_app(in_process_worker=worker),
         host=host,
@@ -70,6 +101,8 @@ def run_worker() -> None:
     from allting.worker import build_worker
 
     settings = _settings()
+    if not _wait_for_services(settings):
+        return
 
     async def main() -> None:
         active = await runtime.start(settings)

@@ -70,10 +70,10 @@ class Stack:
         self.redis: subprocess.Popen | None = None
         self.logs: list[Path] = []
 
-    def _spawn(self, args: list[str], name: str) -> subprocess.Popen:
+    def _spawn(self, args: list[str], name: str, **env: str) -> subprocess.Popen:
         log = self.log_dir / f"{name}-{len(self.logs)}.log"
         self.logs.append(log)
-        return subprocess.Popen(args, env=self.env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        return subprocess.Popen(args, env={**self.env, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
     def start_api(self) -> None:
         self.api = self._spawn(
@@ -93,8 +93,8 @@ class Stack:
             time.sleep(0.2)
         raise AssertionError(f"API not ready within {timeout} s\n{self.log_tail()}")
 
-    def start_worker(self) -> subprocess.Popen:
-        worker = self._spawn([*TASKWORKER, "worker"], "worker")
+    def start_worker(self, **env: str) -> subprocess.Popen:
+        worker = self._spawn([*TASKWORKER, "worker"], "worker", **env)
         self.workers.append(worker)
         return worker
 

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from allting.platform import db, embedded, queue, redis
 from allting.platform.db import APP_ROLE, SYSTEM_ROLE, DatabaseUrls
+from allting.platform.logging import get_logger
 from allting.platform.settings import Settings
+
+log = get_logger(__name__)
+
+# The first pause before trying an unreachable PostgreSQL or Redis again; it doubles up to
+# DEPENDENCY_WAIT_MAX_SECONDS.
+FIRST_WAIT_SECONDS = 1.0
+PROBE_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass
@@ -128,6 +142,92 @@ async def migration_state(urls: DatabaseUrls) -> tuple[str | None, str | None]:
     finally:
         await engine.dispose()
     return current, head
+
+
+# Failures that mean "not there yet" (refused, no such host or socket, starting up, full) rather than
+# a configuration that waiting cannot fix, such as a wrong password or database name.
+_POSTGRES_UNREACHABLE = (
+    OSError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+async def _postgres_unreachable(dsn: str) -> str | None:
+    """Why PostgreSQL takes no connection now, or None when it does."""
+    try:
+        connection = await asyncpg.connect(dsn, timeout=PROBE_TIMEOUT_SECONDS)
+    except _POSTGRES_UNREACHABLE as exc:
+        return f"{type(exc).__name__}: {exc}"
+    await connection.close()
+    return None
+
+
+async def _redis_unreachable(url: str) -> str | None:
+    """Why Redis does not answer now, or None when it does."""
+    client = Redis.from_url(
+        url, socket_timeout=PROBE_TIMEOUT_SECONDS, socket_connect_timeout=PROBE_TIMEOUT_SECONDS
+    )
+    try:
+        await client.ping()
+    except (redis_errors.AuthenticationError, redis_errors.AuthorizationError):
+        raise
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        await client.aclose()
+    return None
+
+
+def _redis_address(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"
+
+
+async def wait_for_services(settings: Settings) -> None:
+    """Return once the external PostgreSQL and Redis answer, trying again with a growing pause.
+
+    Containers and services of an installation start in any order: a process that exited because
+    Redis came up a second after it would be restarted in a loop, with an error that hides the
+    cause. So it waits, saying what it waits for and when it tries next. Embedded servers need no
+    wait (this process starts them), and errors that waiting cannot fix still fail at once.
+    Cancelling the task (SIGTERM, Ctrl-C) ends the wait at once.
+    """
+    checks: dict[str, tuple[str, Callable[[], Awaitable[str | None]]]] = {}
+    if not settings.embedded_postgres:
+        owner = _external_urls(settings).owner
+        address = make_url(owner).render_as_string(hide_password=True)
+        checks["postgres"] = (address, lambda: _postgres_unreachable(_asyncpg_dsn(owner)))
+    if not settings.embedded_redis:
+        url = settings.redis_url
+        checks["redis"] = (_redis_address(url), lambda: _redis_unreachable(url))
+    started = asyncio.get_running_loop().time()
+    pause = FIRST_WAIT_SECONDS
+    while True:
+        unreachable = {}
+        for name, (address, check) in checks.items():
+            if (reason := await check()) is not None:
+                unreachable[name] = (address, reason)
+        if not unreachable:
+            break
+        next_try = datetime.now(UTC) + timedelta(seconds=pause)
+        for name, (address, reason) in unreachable.items():
+            log.warning(
+                "runtime.waiting_for_dependency",
+                dependency=name,
+                address=address,
+                error=reason,
+                retry_in_seconds=round(pause, 1),
+                next_try_at=next_try.isoformat(timespec="seconds"),
+            )
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, settings.dependency_wait_max_seconds)
+    waited = asyncio.get_running_loop().time() - started
+    if waited >= FIRST_WAIT_SECONDS:
+        log.info(
+            "runtime.dependencies_reachable", dependencies=sorted(checks), waited_seconds=round(waited, 1)
+        )
 
 
 async def start(settings: Settings, *, run_migrations: bool = True) -> Runtime:

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     job_lease_seconds: int = 120
     job_reconcile_cron: str = "* * * * *"
     job_reconcile_queued_after_seconds: float = 60.0
+    # At start, an external PostgreSQL or Redis that does not answer yet is tried again with a
+    # pause that doubles up to this many seconds (see runtime.wait_for_services).
+    dependency_wait_max_seconds: float = Field(default=30.0, gt=0)
 
     tenant_credentials_enabled: bool = False
     federation_per_tenant_enabled: bool = False
