@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from allting.audit import service as audit
@@ -589,6 +590,127 @@ async def _role_for_new_user(db: AsyncSession, provider: TenantProvider) -> Role
     return await db.scalar(select(Role).where(Role.key == key, Role.tenant_id == provider.tenant_id))
 
 
+@dataclass
+class _Binding:
+    """Whom an identity signs in as and how it was found, or why it may not sign in."""
+
+    user: User | None = None
+    identity: UserIdentity | None = None
+    method: str = "identity"
+    failure: SsoError | None = None
+    failure_user: User | None = None
+
+
+# Tries at finding or binding the person: the first can collide with a concurrent first sign-in,
+# the next sees what that one committed. More are only for a burst of sign-ins at once.
+BIND_ATTEMPTS = 3
+
+
+async def _find_or_bind_user(
+    db: AsyncSession, provider: TenantProvider, identity: oidc.VerifiedIdentity, *, client_address: str | None
+) -> _Binding:
+    """The user this identity belongs to: bound before, linked by e-mail or created just in time.
+    New rows are flushed here, so a unique constraint a concurrent sign-in won raises here."""
+    cid = identity.correlation_id
+    tenant_id = provider.tenant_id
+    user: User | None = None
+    bound = await db.scalar(
+        select(UserIdentity).where(
+            UserIdentity.tenant_id == tenant_id,
+            UserIdentity.issuer == identity.issuer,
+            UserIdentity.subject == identity.subject,
+        )
+    )
+    if bound is not None:
+        user = await db.scalar(select(User).where(User.id == bound.user_id, User.tenant_id == tenant_id))
+        if user is None or user.deleted_at is not None or user.state != "active":
+            return _Binding(
+                failure=SsoError("account_disabled", _public_message("account_disabled"), correlation_id=cid),
+                failure_user=user,
+            )
+        return _Binding(user=user, identity=bound)
+    email = identity.linkable_email(provider.config.allowed_domains)
+    if email is not None:
+        user = await db.scalar(
+            select(User).where(
+                User.tenant_id == tenant_id,
+                func.lower(User.email) == email,
+                User.deleted_at.is_(None),
+            )
+        )
+    if user is not None:
+        if user.state != "active":
+            return _Binding(
+                failure=SsoError("account_disabled", _public_message("account_disabled"), correlation_id=cid),
+                failure_user=user,
+            )
+        if await db.scalar(
+            select(UserIdentity.id).where(
+                UserIdentity.tenant_id == tenant_id,
+                UserIdentity.user_id == user.id,
+                UserIdentity.issuer == identity.issuer,
+            )
+        ):
+            # The account already has another subject at this provider: a changed or
+            # recycled e-mail must not take it over.
+            return _Binding(
+                failure=SsoError(
+                    "identity_conflict", _public_message("identity_conflict"), correlation_id=cid
+                ),
+                failure_user=user,
+            )
+        method = "linked_by_email"
+    elif email is None:
+        reason = "email_not_linkable" if provider.jit_provisioning or identity.email else "account_not_found"
+        return _Binding(failure=SsoError(reason, _public_message(reason), correlation_id=cid))
+    elif not provider.jit_provisioning:
+        return _Binding(
+            failure=SsoError("account_not_found", _public_message("account_not_found"), correlation_id=cid)
+        )
+    else:
+        role = await _role_for_new_user(db, provider)
+        if role is None:
+            return _Binding(
+                failure=SsoError(
+                    "account_not_found", _public_message("account_not_found"), correlation_id=cid
+                )
+            )
+        method = "created"
+        user = User(
+            tenant_id=tenant_id,
+            email=email,
+            name=(identity.name or "")[:200] or None,
+            role_id=role.id,
+            state="active",
+            preferences={},
+            password_hash=None,
+        )
+        db.add(user)
+        await db.flush()
+        await audit.record_event(
+            db,
+            tenant_id=tenant_id,
+            actor_type="system",
+            actor_label="sso",
+            action="user.created",
+            target_type="user",
+            target_id=user.id,
+            changes={"email": user.email, "role": role.name, "via": "sso_jit", "issuer": identity.issuer},
+            client_address=client_address,
+            correlation_id=cid,
+        )
+    bound = UserIdentity(
+        tenant_id=tenant_id,
+        user_id=user.id,
+        issuer=identity.issuer,
+        subject=identity.subject,
+        email=identity.email,
+    )
+    db.add(bound)
+    await db.flush()
+    return _Binding(user=user, identity=bound, method=method)
+
+
 async def _bind_and_start_session(
     provider: TenantProvider,
     identity: oidc.VerifiedIdentity,
@@ -600,113 +722,21 @@ async def _bind_and_start_session(
 ) -> auth_service.IssuedSession:
     cid = identity.correlation_id
     tenant_id = provider.tenant_id
-    failure: SsoError | None = None
-    failure_user: User | None = None
-    method = "identity"
     async with system_transaction() as db:
-        bound = await db.scalar(
-            select(UserIdentity).where(
-                UserIdentity.tenant_id == tenant_id,
-                UserIdentity.issuer == identity.issuer,
-                UserIdentity.subject == identity.subject,
-            )
-        )
-        user: User | None = None
-        if bound is not None:
-            user = await db.scalar(select(User).where(User.id == bound.user_id, User.tenant_id == tenant_id))
-            if user is None or user.deleted_at is not None or user.state != "active":
-                failure, failure_user = (
-                    SsoError("account_disabled", _public_message("account_disabled"), correlation_id=cid),
-                    user,
-                )
-        else:
-            email = identity.linkable_email(provider.config.allowed_domains)
-            if email is not None:
-                user = await db.scalar(
-                    select(User).where(
-                        User.tenant_id == tenant_id,
-                        func.lower(User.email) == email,
-                        User.deleted_at.is_(None),
-                    )
-                )
-            if user is not None:
-                method = "linked_by_email"
-                if user.state != "active":
-                    failure, failure_user = (
-                        SsoError("account_disabled", _public_message("account_disabled"), correlation_id=cid),
-                        user,
-                    )
-                elif await db.scalar(
-                    select(UserIdentity.id).where(
-                        UserIdentity.tenant_id == tenant_id,
-                        UserIdentity.user_id == user.id,
-                        UserIdentity.issuer == identity.issuer,
-                    )
-                ):
-                    # The account already has another subject at this provider: a changed or
-                    # recycled e-mail must not take it over.
-                    failure, failure_user = (
-                        SsoError(
-                            "identity_conflict", _public_message("identity_conflict"), correlation_id=cid
-                        ),
-                        user,
-                    )
-            elif email is None:
-                reason = (
-                    "email_not_linkable"
-                    if provider.jit_provisioning or identity.email
-                    else "account_not_found"
-                )
-                failure = SsoError(reason, _public_message(reason), correlation_id=cid)
-            elif not provider.jit_provisioning:
-                failure = SsoError(
-                    "account_not_found", _public_message("account_not_found"), correlation_id=cid
-                )
-            else:
-                role = await _role_for_new_user(db, provider)
-                if role is None:
-                    failure = SsoError(
-                        "account_not_found", _public_message("account_not_found"), correlation_id=cid
-                    )
-                else:
-                    method = "created"
-                    user = User(
-                        tenant_id=tenant_id,
-                        email=email,
-                        name=(identity.name or "")[:200] or None,
-                        role_id=role.id,
-                        state="active",
-                        preferences={},
-                        password_hash=None,
-                    )
-                    db.add(user)
-                    await db.flush()
-                    await audit.record_event(
-                        db,
-                        tenant_id=tenant_id,
-                        actor_type="system",
-                        actor_label="sso",
-                        action="user.created",
-                        target_type="user",
-                        target_id=user.id,
-                        changes={
-                            "email": user.email,
-                            "role": role.name,
-                            "via": "sso_jit",
-                            "issuer": identity.issuer,
-                        },
-                        client_address=client_address,
-                        correlation_id=cid,
-                    )
-            if failure is None and user is not None:
-                bound = UserIdentity(
-                    tenant_id=tenant_id,
-                    user_id=user.id,
-                    issuer=identity.issuer,
-                    subject=identity.subject,
-                    email=identity.email,
-                )
-                db.add(bound)
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            try:
+                async with db.begin_nested():
+                    binding = await _find_or_bind_user(db, provider, identity, client_address=client_address)
+                break
+            except IntegrityError:
+                # A concurrent first sign-in of the same person (two tabs, a double click) created
+                # the user or bound the identity first and committed. The savepoint undid this
+                # attempt's rows; the next attempt finds theirs, so both sign in as one user.
+                if attempt == BIND_ATTEMPTS:
+                    raise
+                log.info("sso.bind_retried_after_concurrent_sign_in", correlation_id=cid, attempt=attempt)
+        user, bound, method = binding.user, binding.identity, binding.method
+        failure, failure_user = binding.failure, binding.failure_user
         if failure is None:
             assert user is not None and bound is not None
             now = utcnow()
