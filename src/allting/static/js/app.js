@@ -36,11 +36,46 @@
     }
     return null;
   };
-  window.AlltingErrorText = function (error, fallback) {
+  // How many seconds a refused request (429 too many, 503 unavailable) asks to wait: its Retry-After
+  // header (seconds or a date), else a `retry_after` or `resets_at` in the error's details; else null.
+  window.AlltingRetrySeconds = function (response, error) {
+    if (!response || (response.status !== 429 && response.status !== 503)) return null;
+    var seconds = null;
+    var header = response.headers && response.headers.get("Retry-After");
+    if (header && /^\s*\d+\s*$/.test(header)) seconds = parseInt(header, 10);
+    else if (header && !isNaN(Date.parse(header))) seconds = (Date.parse(header) - Date.now()) / 1000;
+    var details = (error && error.details) || {};
+    if (seconds === null && typeof details === "object" && !Array.isArray(details)) {
+      if (typeof details.retry_after === "number") seconds = details.retry_after;
+      else if (details.resets_at && !isNaN(Date.parse(details.resets_at))) {
+        seconds = (Date.parse(details.resets_at) - Date.now()) / 1000;
+      }
+    }
+    return seconds === null || isNaN(seconds) ? null : Math.max(1, Math.ceil(seconds));
+  };
+  // "Try again in 30 seconds." in the page's language; minutes from two minutes on; nothing for waits
+  // over two hours (a monthly budget, whose message says when it resets).
+  window.AlltingWaitText = function (seconds) {
+    if (seconds === null || seconds === undefined || seconds > 7200) return "";
+    var body = document.body;
+    if (seconds < 120) {
+      return (seconds === 1 ? body.getAttribute("data-t-wait-second") : body.getAttribute("data-t-wait-seconds") || "")
+        .replace("{seconds}", localNumber(String(seconds)));
+    }
+    var minutes = Math.ceil(seconds / 60);
+    return (body.getAttribute("data-t-wait-minutes") || "").replace("{minutes}", localNumber(String(minutes)));
+  };
+  // The error in the page's language; given the response, a rate limit also says how long to wait.
+  window.AlltingErrorText = function (error, fallback, response) {
     if (errorMessages === null) errorMessages = bodyJson("data-error-messages", "{}");
     error = error || {};
-    return window.AlltingMessageText(error.message) || (error.code && errorMessages[error.code]) || error.message ||
+    var text = window.AlltingMessageText(error.message) || (error.code && errorMessages[error.code]) || error.message ||
       (fallback === undefined ? "" : String(fallback));
+    var wait = window.AlltingWaitText(window.AlltingRetrySeconds(response, error));
+    if (!wait) return text;
+    // "Wait a moment" says less than the wait itself: a plain rate limit gets a sentence without it.
+    if (error.code === "rate_limited") text = document.body.getAttribute("data-t-too-many") || text;
+    return text ? text + " " + wait : wait;
   };
 
   // htmx requests carry the CSRF token of the page.

@@ -227,7 +227,7 @@
     }).then(function (response) {
       if (!response.ok) {
         return response.json().catch(function () { return {}; }).then(function (error) {
-          end(t("failed") + " " + window.AlltingErrorText(error, response.status), true);
+          end(t("failed") + " " + window.AlltingErrorText(error, response.status, response), true);
         });
       }
       var reader = response.body.getReader();
@@ -315,10 +315,12 @@
           method: "POST", body: data, credentials: "same-origin",
           headers: { "X-CSRF-Token": window.AlltingCsrf() }
         }).then(function (response) {
-          return response.json().then(function (json) { return { ok: response.ok, json: json }; });
+          return response.json().catch(function () { return {}; }).then(function (json) {
+            return { ok: response.ok, json: json, response: response };
+          });
         }).then(function (result) {
           if (!result.ok) {
-            item.textContent = t("upload-failed") + " " + file.name + ": " + window.AlltingErrorText(result.json, "");
+            item.textContent = t("upload-failed") + " " + file.name + ": " + window.AlltingErrorText(result.json, "", result.response);
             item.classList.add("error-text");
             return;
           }

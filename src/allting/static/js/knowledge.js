@@ -37,7 +37,7 @@
     connection.hidden = !text;
     connection.className = "connection-status" + (kind ? " " + kind : "");
   }
-  function errorText(error, fallback) { return window.AlltingErrorText(error, fallback); }
+  function errorText(error, fallback, response) { return window.AlltingErrorText(error, fallback, response); }
   var reasons = {};
   try { reasons = JSON.parse(root.getAttribute("data-error-texts") || "{}"); } catch (e) { reasons = {}; }
   // A failure reason recorded by the worker, in the page's language when the catalog has it.
@@ -56,7 +56,7 @@
         body: JSON.stringify({ space_id: spaceId, name: name })
       }).then(function (response) {
         if (response.ok) { window.location.reload(); return; }
-        return response.json().then(function (error) { announce(errorText(error, response.status)); });
+        return response.json().then(function (error) { announce(errorText(error, response.status, response)); });
       });
     });
   }
@@ -249,7 +249,7 @@
             if (body.job_id) jobs[body.job_id] = section;
             return;
           }
-          var text = t("upload-failed") + " " + file.name + ": " + errorText(body, response.status);
+          var text = t("upload-failed") + " " + file.name + ": " + errorText(body, response.status, response);
           announce(text);
           var msg = el("p", "error-text", text);
           msg.setAttribute("role", "alert");
@@ -274,7 +274,7 @@
       return response.json().catch(function () { return {}; }).then(function (body) {
         results.innerHTML = "";
         if (!response.ok) {
-          var failed = el("p", "error-text", errorText(body, response.status));
+          var failed = el("p", "error-text", errorText(body, response.status, response));
           failed.setAttribute("role", "alert");
           results.appendChild(failed);
           return;
@@ -453,7 +453,7 @@
     fetch("/api/v1/websites/" + site.id + "/run/", { method: "POST", credentials: "same-origin", headers: headers(false) })
       .then(function (response) {
         return response.json().catch(function () { return {}; }).then(function (body) {
-          if (!response.ok) { button.disabled = false; announce(errorText(body, response.status)); return; }
+          if (!response.ok) { button.disabled = false; announce(errorText(body, response.status, response)); return; }
           if (body.job_id) jobs[body.job_id] = { website: site.id };
           announce(t("crawl-queued"));
           return loadWebsites();
@@ -486,7 +486,7 @@
         return response.json().catch(function () { return {}; }).then(function (result) {
           if (!response.ok) {
             var detail = (result.details && result.details[0] && result.details[0].message) || "";
-            problem.textContent = errorText(result, response.status) + (detail && detail !== result.message ? " " + detail : "");
+            problem.textContent = errorText(result, response.status, response) + (detail && detail !== result.message ? " " + detail : "");
             problem.hidden = false;
             return;
           }
