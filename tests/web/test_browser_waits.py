@@ -1,4 +1,5 @@
-"""Refused requests in a real browser: a rate limit says how long to wait, in Swedish and English."""
+"""Refused and failed requests in a real browser: a rate limit says how long to wait, in Swedish and English,
+and a provider's error in a streamed answer is shown in the page's language, also after a reload."""
 
 from __future__ import annotations
 
@@ -135,4 +136,26 @@ async def test_a_rate_limited_upload_to_a_collection_says_how_long_to_wait(axe_p
     await alert.wait_for()
     text = await alert.inner_text()
     assert "För många förfrågningar. Försök igen om 1 sekund." in text, text
+    assert await serious_violations(page) == []
+
+
+async def test_a_provider_error_in_a_streamed_answer_is_shown_in_swedish_also_after_a_reload(
+    axe_page, live_url, chat_org, llm
+):
+    page = axe_page
+    llm.script(error="model_not_found")
+    await sign_in(page, live_url, chat_org.owner.email, chat_org.owner.password)
+    await _to_swedish(page)
+    await page.get_by_label("Din fråga").fill("Hej?")
+    await page.keyboard.press("Enter")
+    failure = page.locator(".bubble.answer .error-text").last
+    await failure.wait_for()
+    live_text = await failure.inner_text()
+    assert "känner inte till den här modellen" in live_text, live_text
+    await page.wait_for_url("**/?c=*")
+    await page.reload()
+    failure = page.locator(".bubble.answer .error-text").last
+    await failure.wait_for()
+    assert "känner inte till den här modellen" in await failure.inner_text()
+    assert await page.locator(".bubble.answer .hint", has_text="Stoppad").count() == 0
     assert await serious_violations(page) == []

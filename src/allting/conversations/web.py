@@ -8,15 +8,35 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse
 
+from allting.ai.errors import ProviderError
 from allting.assistants import service as assistants_service
 from allting.conversations import service
 from allting.platform.db import DbSession
 from allting.platform.errors import AppError
 from allting.spaces import service as spaces_service
+from allting.web.errors import translate_error
 from allting.web.rendering import gettext_for, parse_uuid, render
 from allting.web.web import Csrf, SignedIn, done, error_text
 
 router = APIRouter(include_in_schema=False)
+# A failed answer keeps the provider error's message; its code finds the message in the page language.
+_PROVIDER_CODES = {cls.default_message: cls.code for cls in (ProviderError, *ProviderError.__subclasses__())}
+
+
+_STOPPED = "The answer was stopped before it was finished"
+
+
+def _failure_texts(language: str, messages: list) -> dict:
+    """Why answers failed (wholly, or part-way through), in the page's language; stopped ones are not failures."""
+    return {
+        message.id: translate_error(language, _PROVIDER_CODES.get(message.error), message.error)
+        for message in messages
+        if message.error
+        and (
+            message.status in ("error", "failed")
+            or (message.status == "incomplete" and message.error != _STOPPED)
+        )
+    }
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -55,6 +75,7 @@ async def chat_page(
             "conversation": conversation,
             "messages": messages,
             "citations": citations,
+            "failures": _failure_texts(page.language, messages),
             "conversations": conversations,
             "total": total,
             "search": q or "",

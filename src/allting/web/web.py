@@ -106,6 +106,13 @@ ERROR_MESSAGES: dict[str, str] = {
     "provider_unavailable": _("The AI provider could not be reached. Try again later."),
     "provider_rate_limited": _("The AI provider is busy. Try again in a moment."),
     "provider_quota": _("The account at the AI provider has run out of quota."),
+    "provider_error": _("The AI provider could not answer. Try again later."),
+    "model_not_found": _(
+        "The AI provider does not know this model. An administrator must check the model name."
+    ),
+    "endpoint_blocked": _(
+        "The model's address is not allowed by the network policy. An administrator must check it."
+    ),
     "context_too_long": _("The conversation is too long for the model. Start a new conversation."),
     "weak_password": _("The password is too weak. Choose a longer one."),
     "wrong_password": _("The current password is wrong."),

@@ -253,7 +253,7 @@
           parts.meta.appendChild(feedbackButtons());
           end(null, false);
         } else if (name === "error") {
-          end(t("failed") + " " + (data.error || data.code || ""), true);
+          end(t("failed") + " " + window.AlltingErrorText({ code: data.code, message: data.error }, ""), true);
         }
       }
       function pump() {
