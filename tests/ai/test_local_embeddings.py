@@ -1,3 +1,4 @@
+import asyncio
 import math
 import threading
 
@@ -53,3 +54,34 @@ def test_model_is_loaded_once_even_under_concurrent_first_use():
         thread.join()
     assert len({id(model) for model in seen}) == 1
     assert str(seen[0].device) == "cpu"
+
+
+async def test_concurrent_questions_are_encoded_together_and_each_gets_its_own_vector(monkeypatch):
+    questions = [f"Hur ansöker jag om bygglov nummer {n}?" for n in range(20)]
+    alone = [local_embeddings.encode([question])[0] for question in questions]
+    batches = []
+    encode = local_embeddings.encode
+
+    def recording(texts, batch_size=local_embeddings.DEFAULT_BATCH_SIZE):
+        batches.append(len(texts))
+        return encode(texts, batch_size)
+
+    monkeypatch.setattr(local_embeddings, "encode", recording)
+    together = await asyncio.gather(*(local_embeddings.embed_texts([question]) for question in questions))
+    assert sum(batches) == len(questions)
+    assert len(batches) < len(questions)  # the ones that waited went in one batch
+    for (vector,), expected in zip(together, alone, strict=True):
+        assert _cosine(vector, expected) > 0.9999
+
+
+async def test_a_failed_batch_fails_only_its_own_questions(monkeypatch):
+    def broken(texts, batch_size=local_embeddings.DEFAULT_BATCH_SIZE):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(local_embeddings, "encode", broken)
+    results = await asyncio.gather(
+        *(local_embeddings.embed_texts([f"fråga {n}"]) for n in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(result, RuntimeError) for result in results)
+    monkeypatch.undo()
+    assert len((await local_embeddings.embed_texts(["efteråt"]))[0]) == 384
