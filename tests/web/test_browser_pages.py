@@ -97,6 +97,11 @@ async def test_an_admin_adds_a_provider_and_enables_a_model(page, live_url, org,
     await page.get_by_label("Your question").fill("Hello?")
     await page.keyboard.press("Enter")
     await page.locator(".bubble.answer .markdown", has_text="Hej från den nya modellen").wait_for()
+    # The answer names the model as the administrator named it, live and after a reload.
+    await page.locator(".model-used", has_text="Answered by Stub chat").wait_for()
+    await page.wait_for_url("**/?c=*")
+    await page.reload()
+    await page.locator(".model-used", has_text="Answered by Stub chat").wait_for()
 
 
 MAIN_PAGES = (

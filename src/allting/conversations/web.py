@@ -76,6 +76,8 @@ async def chat_page(
             "messages": messages,
             "citations": citations,
             "failures": _failure_texts(page.language, messages),
+            # "Answered by" names a model as the model list does.
+            "model_names": {model.id: model.display_name or model.name for model in models},
             "conversations": conversations,
             "total": total,
             "search": q or "",

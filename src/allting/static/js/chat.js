@@ -249,7 +249,7 @@
           parts.answer.insertBefore(citationBlock(data.citations || []), parts.meta);
         } else if (name === "done") {
           var model = data.model || {};
-          parts.meta.appendChild(el("span", "model-used", t("answered-by") + " " + (model.name || "")));
+          parts.meta.appendChild(el("span", "model-used", t("answered-by") + " " + (model.display_name || model.name || "")));
           parts.meta.appendChild(feedbackButtons());
           end(null, false);
         } else if (name === "error") {
