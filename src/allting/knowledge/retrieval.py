@@ -27,6 +27,7 @@ incomparable scales, and a passage found by both rises to the top.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections import defaultdict
@@ -105,20 +106,28 @@ async def search(
     for source in sources:
         if source.model_id is not None and source.chunks:
             groups[source.model_id].append(source)
-    for model_id, group in groups.items():
-        vector = await embed_query(db, ctx, model_id, query)
-        if vector is None:
-            continue
-        hits = await vector_search(
-            db,
-            source_ids=[source.id for source in group],
-            model_id=model_id,
-            vector=vector,
-            k=candidates,
-            total_chunks=sum(source.chunks for source in group),
-        )
-        ranked.append([chunk_id for chunk_id, _ in hits])
-    ranked.append(await text_search(db, [source.id for source in sources], query, candidates))
+    # The question is embedded (in a worker thread or by a provider) while the database runs the
+    # full-text search: the two take similar time and need nothing from each other.
+    embeddings = {model_id: await _start_embedding(db, ctx, model_id, query) for model_id in groups}
+    try:
+        ranked.append(await text_search(db, [source.id for source in sources], query, candidates))
+        for model_id, group in groups.items():
+            vector = await _finish_embedding(db, ctx, embeddings[model_id], query)
+            if vector is None:
+                continue
+            hits = await vector_search(
+                db,
+                source_ids=[source.id for source in group],
+                model_id=model_id,
+                vector=vector,
+                k=candidates,
+                total_chunks=sum(source.chunks for source in group),
+            )
+            ranked.append([chunk_id for chunk_id, _ in hits])
+    finally:
+        for embedding in embeddings.values():
+            if embedding is not None:
+                embedding.task.cancel()
     fused = fuse(ranked)[:limit]
     return await _passages(db, fused)
 
@@ -160,8 +169,14 @@ async def _sources(
     return list(sources.values())
 
 
-async def embed_query(db: AsyncSession, ctx: Ctx, model_id: uuid.UUID, query: str) -> list[float] | None:
-    """The question as a vector of the model, or None (with a log line) when the model cannot be used."""
+@dataclass
+class _Embedding:
+    prepared: ai_service.PreparedCall
+    task: asyncio.Future[list[list[float]]]
+
+
+async def _start_embedding(db: AsyncSession, ctx: Ctx, model_id: uuid.UUID, query: str) -> _Embedding | None:
+    """Begin embedding the question with the model, or None (with a log line) when it cannot be used."""
     try:
         prepared = await ai_service.prepare_call(db, ctx, model_id, kind="embedding")
     except TooManyRequests:
@@ -169,21 +184,36 @@ async def embed_query(db: AsyncSession, ctx: Ctx, model_id: uuid.UUID, query: st
     except AppError as exc:
         log.warning("knowledge.query_model_unusable", model_id=str(model_id), reason=exc.message)
         return None
-    try:
-        vectors = await gateway.embed(prepared.target, [query], batch_size=1)
-    except ProviderError as exc:
-        log.warning("knowledge.query_embedding_failed", model_id=str(model_id), error=exc.code)
+    return _Embedding(prepared, asyncio.ensure_future(gateway.embed(prepared.target, [query], batch_size=1)))
+
+
+async def _finish_embedding(
+    db: AsyncSession, ctx: Ctx, embedding: _Embedding | None, query: str
+) -> list[float] | None:
+    if embedding is None:
         return None
-    if prepared.model.provider_type != "local":
+    try:
+        vectors = await embedding.task
+    except ProviderError as exc:
+        log.warning(
+            "knowledge.query_embedding_failed", model_id=str(embedding.prepared.model.id), error=exc.code
+        )
+        return None
+    if embedding.prepared.model.provider_type != "local":
         await ai_service.record_usage(
             db,
             ctx,
-            prepared.model,
+            embedding.prepared.model,
             gateway.Usage(prompt_tokens=max(1, len(query.split())), completion_tokens=0, estimated=True),
-            target=prepared.target,
+            target=embedding.prepared.target,
             latency_ms=None,
         )
     return vectors[0]
+
+
+async def embed_query(db: AsyncSession, ctx: Ctx, model_id: uuid.UUID, query: str) -> list[float] | None:
+    """The question as a vector of the model, or None (with a log line) when the model cannot be used."""
+    return await _finish_embedding(db, ctx, await _start_embedding(db, ctx, model_id, query), query)
 
 
 def _vector_literal(vector: Sequence[float]) -> str:
