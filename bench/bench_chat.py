@@ -10,9 +10,13 @@ at 1, 10 and 50 concurrent streams:
              storing the question, the gateway, and SSE re-encoding.
 Both read their streams to the end. "paired p50" is the median over rounds of the per-round
 difference of p50s, which cancels drift from other load on this shared machine.
-With BENCH_KNOWLEDGE=1 (needs the knowledge module) the assistant also searches a collection.
+The same levels are then measured for a second assistant whose collection holds --passages
+passages (default 10,000; written straight into the database with random unit vectors, since
+embedding them would take minutes): its questions also embed the question with the local model
+and run the hybrid search. "knowledge adds" is its paired p50 minus the one without knowledge.
+Last, the API's memory is sampled while 200 streams are open at once.
 
-    .venv/bin/python bench/bench_chat.py [--rounds 10]
+    .venv/bin/python bench/bench_chat.py [--rounds 10] [--passages 10000]
 """
 
 from __future__ import annotations
@@ -28,12 +32,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 LEVELS = (1, 10, 50)
 HELD_STREAMS = 200
+# Common domain words (most passages contain one) and a rarer one: full-text search has work to do.
+QUESTION = "Hur ansöker jag om bygglov för en altan vid skolan?"
 PASSWORD = "benchmark password 1"
 EMAIL = "bench@example.org"
 
@@ -103,7 +111,7 @@ def _has_text(payload: str) -> bool:
 async def _allting(client: httpx.AsyncClient, base: str, assistant_id: str) -> float:
     started = time.perf_counter()
     first = None
-    body = {"question": "Hello", "assistant_id": assistant_id, "stream": True}
+    body = {"question": QUESTION, "assistant_id": assistant_id, "stream": True}
     async with client.stream("POST", f"{base}/api/v1/conversations/", json=body) as response:
         async for line in response.aiter_lines():
             if first is None and line.startswith("event: text"):
@@ -150,11 +158,117 @@ async def _setup(base: str, stub_url: str) -> tuple[str, str]:
                 "is_default": True,
             },
         )
-        assistant = (await client.get("/api/v1/spaces/type/personal/")).json()["default_assistant"]["id"]
-        return token, assistant
+        personal = (await client.get("/api/v1/spaces/type/personal/")).json()
+        return token, personal["default_assistant"]["id"], personal["id"]
 
 
-async def main(rounds: int) -> None:
+async def _knowledge_assistant(base: str, token: str, space_id: str, data_dir: Path, passages: int) -> str:
+    """An assistant over a collection of `passages` passages in the caller's personal space."""
+    import numpy as np
+    from pgvector.asyncpg import register_vector
+
+    from bench_retrieval import _vocabulary
+
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base, timeout=30, headers=headers) as client:
+        collection = (
+            await client.post("/api/v1/collections/", json={"space_id": space_id, "name": "Bench"})
+        ).json()
+    socket_dir = next(data_dir.rglob("postmaster.pid")).read_text().splitlines()[4]
+    connection = await asyncpg.connect(f"postgresql://postgres@/allting?host={socket_dir}")
+    try:
+        await register_vector(connection)
+        tenant_id, model_id, dims = await connection.fetchrow(
+            "SELECT tenant_id, embedding_model_id, embedding_dims FROM collections WHERE id = $1",
+            uuid.UUID(collection["id"]),
+        )
+        document_id = uuid.uuid4()
+        await connection.execute(
+            "INSERT INTO documents (id, tenant_id, collection_id, title, mime_type, size, content_hash, "
+            "status, chunk_count, token_count, embedding_model_id) VALUES ($1, $2, $3, 'Bench handbook', "
+            "'text/plain', $4, $5, 'ready', $6, $6 * 80, $7)",
+            document_id,
+            tenant_id,
+            uuid.UUID(collection["id"]),
+            passages * 400,
+            uuid.uuid4().hex,
+            passages,
+            model_id,
+        )
+        rng = np.random.default_rng(7)
+        vocabulary = _vocabulary(rng)
+        weights = 1.0 / np.arange(1, len(vocabulary) + 1)  # Zipf, as in bench_retrieval.py
+        words = rng.choice(len(vocabulary), size=(passages, 60), p=weights / weights.sum())
+        vectors = rng.normal(0, 1, (passages, dims)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        ids = [uuid.uuid4() for _ in range(passages)]
+        chunk_rows = [
+            (
+                ids[i],
+                tenant_id,
+                document_id,
+                uuid.UUID(collection["id"]),
+                i,
+                " ".join(vocabulary[word] for word in words[i]) + ".",
+                80,
+            )
+            for i in range(passages)
+        ]
+        await connection.copy_records_to_table(
+            "chunks",
+            records=chunk_rows,
+            columns=["id", "tenant_id", "document_id", "collection_id", "chunk_index", "text", "token_count"],
+        )
+        await connection.copy_records_to_table(
+            "chunk_vectors",
+            records=[
+                (ids[i], tenant_id, uuid.UUID(collection["id"]), model_id, dims, vectors[i])
+                for i in range(passages)
+            ],
+            columns=["id", "tenant_id", "source_id", "embedding_model_id", "dims", "embedding"],
+        )
+        await connection.execute("ANALYZE chunks")
+        await connection.execute("ANALYZE chunk_vectors")
+    finally:
+        await connection.close()
+    async with httpx.AsyncClient(base_url=base, timeout=30, headers=headers) as client:
+        assistant = await client.post(
+            "/api/v1/assistants/",
+            json={"space_id": space_id, "name": "Bench knowledge", "collection_ids": [collection["id"]]},
+        )
+        assistant.raise_for_status()
+        return assistant.json()["id"]
+
+
+async def _levels(direct_client, api_client, stub_url, base, assistant_id, rounds) -> dict[int, float]:
+    """Print one line per level; return the paired p50 per level."""
+    paired_by_level = {}
+    for level in LEVELS:
+        direct_all, api_all, paired, direct_time, api_time = [], [], [], 0.0, 0.0
+        for _ in range(rounds):
+            d, d_elapsed = await _round(level, lambda: _direct(direct_client, stub_url))
+            a, a_elapsed = await _round(level, lambda: _allting(api_client, base, assistant_id))
+            direct_all += d
+            api_all += a
+            direct_time += d_elapsed
+            api_time += a_elapsed
+            paired.append(statistics.median(a) * 1000 - statistics.median(d) * 1000)
+        paired_by_level[level] = statistics.median(paired)
+        print(
+            f"{level:>7} {_p(direct_all, 0.5):10.1f} {_p(api_all, 0.5):11.1f} "
+            f"{_p(api_all, 0.5) - _p(direct_all, 0.5):9.1f} {paired_by_level[level]:10.1f} "
+            f"{_p(direct_all, 0.95):10.1f} {_p(api_all, 0.95):11.1f} {direct_time / api_time:9.2f}"
+        )
+    return paired_by_level
+
+
+HEADER = (
+    f"{'streams':>7} {'direct p50':>10} {'allting p50':>11} {'added p50':>9} {'paired p50':>10} "
+    f"{'direct p95':>10} {'allting p95':>11} {'thr ratio':>9}"
+)
+
+
+async def main(rounds: int, passages: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="allting-bench-chat-"))
     stub_port, api_port = _free_port(), _free_port()
     stub_url = f"http://127.0.0.1:{stub_port}/v1"
@@ -190,8 +304,8 @@ async def main(rounds: int) -> None:
     try:
         _wait(f"{stub_url}/models")
         _wait(f"{base}/api/readyz")
-        token, assistant_id = await _setup(base, stub_url)
-        _wait_until_idle(api.pid)
+        token, assistant_id, space_id = await _setup(base, stub_url)
+        knowledge_id = await _knowledge_assistant(base, token, space_id, tmp / "data", passages)
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
         async with (
             httpx.AsyncClient(timeout=60, limits=limits) as direct_client,
@@ -202,26 +316,19 @@ async def main(rounds: int) -> None:
             for _ in range(3):
                 await _direct(direct_client, stub_url)
                 await _allting(api_client, base, assistant_id)
+                await _allting(api_client, base, knowledge_id)
+            _wait_until_idle(api.pid)
             print(f"rounds per level: {rounds}")
+            print("without knowledge")
+            print(HEADER)
+            plain = await _levels(direct_client, api_client, stub_url, base, assistant_id, rounds)
+            print(f"with a collection of {passages:,} passages")
+            print(HEADER)
+            knowledge = await _levels(direct_client, api_client, stub_url, base, knowledge_id, rounds)
             print(
-                f"{'streams':>7} {'direct p50':>10} {'allting p50':>11} {'added p50':>9} {'paired p50':>10} "
-                f"{'direct p95':>10} {'allting p95':>11} {'thr ratio':>9}"
+                "knowledge adds (paired p50): "
+                + ", ".join(f"{knowledge[level] - plain[level]:.1f} ms at {level}" for level in LEVELS)
             )
-            for level in LEVELS:
-                direct_all, api_all, paired, direct_time, api_time = [], [], [], 0.0, 0.0
-                for _ in range(rounds):
-                    d, d_elapsed = await _round(level, lambda: _direct(direct_client, stub_url))
-                    a, a_elapsed = await _round(level, lambda: _allting(api_client, base, assistant_id))
-                    direct_all += d
-                    api_all += a
-                    direct_time += d_elapsed
-                    api_time += a_elapsed
-                    paired.append(statistics.median(a) * 1000 - statistics.median(d) * 1000)
-                print(
-                    f"{level:>7} {_p(direct_all, 0.5):10.1f} {_p(api_all, 0.5):11.1f} "
-                    f"{_p(api_all, 0.5) - _p(direct_all, 0.5):9.1f} {statistics.median(paired):10.1f} "
-                    f"{_p(direct_all, 0.95):10.1f} {_p(api_all, 0.95):11.1f} {direct_time / api_time:9.2f}"
-                )
             idle = _rss_mib(api.pid)
             slow = {"question": "Hello", "assistant_id": assistant_id, "stream": True}
 
@@ -251,4 +358,6 @@ async def main(rounds: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=10)
-    asyncio.run(main(parser.parse_args().rounds))
+    parser.add_argument("--passages", type=int, default=10_000)
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.rounds, arguments.passages))
