@@ -47,6 +47,10 @@ async def _ai_page(request: Request, db, page, test_result: dict | None = None):
             "providers": providers,
             "masked": {p.id: service.masked_key(p) for p in providers},
             "models": models,
+            # Why a model cannot be enabled yet, in the page's language.
+            "reasons": {
+                reason: translate_error(page.language, None, reason) for _, reason in models if reason
+            },
             "provider_types": PROVIDER_TYPES,
             "test_result": test_result,
         },
@@ -61,6 +65,7 @@ async def create_provider_form(
     name: Annotated[str, Form(max_length=100)] = "",
     provider_type: Annotated[str, Form()] = "openai",
     endpoint: Annotated[str, Form(max_length=500)] = "",
+    api_version: Annotated[str, Form(max_length=50)] = "",
     api_key: Annotated[str, Form(max_length=4000)] = "",
 ):
     _ = gettext_for(page.language)
@@ -69,6 +74,7 @@ async def create_provider_form(
             name=name.strip(),
             provider_type=provider_type,
             endpoint=endpoint.strip() or None,
+            api_version=api_version.strip() or None,
             api_key=api_key.strip() or None,
         )
         async with db.begin_nested():

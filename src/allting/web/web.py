@@ -129,6 +129,9 @@ ERROR_MESSAGES: dict[str, str] = {
     "egress_blocked": _("The address is not allowed."),
     "crawl_running": _("A crawl of this website is already running. Wait for it to finish."),
     "session_ended": _("Your session has ended. Sign in again."),
+    "provider_exists": _("A provider with that name already exists. Choose another name."),
+    "model_exists": _("A model with that display name already exists. Choose another name."),
+    "credential_unreadable": _("The stored key of the provider cannot be read. Enter the key again."),
 }
 # Why a document or a crawl failed, as the worker records it (fixed sentences only).
 DOCUMENT_ERRORS: tuple[str, ...] = (
@@ -173,6 +176,11 @@ PARAMETERIZED_MESSAGES: tuple[str, ...] = (
         "like a zip bomb."
     ),
     _("The file expands to more than %(limit)s MB when unpacked (%(size)s MB), which looks like a zip bomb."),
+    # Why a model cannot be used yet (allting.ai.service.lock_reason), on the AI models page.
+    _("The provider account '%(name)s' has no API key"),
+    _("Its provider account is deactivated"),
+    _("No %(type)s key is configured for this organisation"),
+    _("No %(type)s key is configured: add a provider account under AI providers"),
 )
 # A rate limit's wait is in the error (Retry-After), not in its sentence.
 WAIT_MESSAGE = _("Too many attempts. Try again in %(seconds)s seconds.")
