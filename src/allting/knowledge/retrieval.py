@@ -18,8 +18,10 @@ of its documents' chunk counts, which costs one small aggregate):
 
 Full text. The `tsv` column holds the heading and the text under both the Swedish and the English
 stemmer. A question with "quoted phrases" is matched strictly (websearch syntax, phrases in order);
-any other question matches passages containing any of its words, ranked by cover density, so a
-rare exact term (a case number, a name) finds its passage even when vectors do not.
+any other question matches passages containing any of its words, ranked by how often they occur,
+so a rare exact term (a case number, a name) finds its passage even when vectors do not. `ts_rank`
+rather than cover density (`ts_rank_cd`): a question with a common word ranks nearly every passage,
+which took 50 ms at 10,000 passages with cover density and 17 ms with `ts_rank`.
 
 Fusion. Reciprocal rank fusion, score = sum over lists of 1 / (60 + rank): robust to the lists'
 incomparable scales, and a passage found by both rises to the top.
@@ -318,7 +320,7 @@ async def text_search(db: AsyncSession, source_ids: list[uuid.UUID], query: str,
     statement = text(
         f"SELECT c.id FROM chunks AS c, (SELECT {tsquery} AS query) AS q "  # noqa: S608 - constants only
         "WHERE c.tenant_id = :tenant AND c.source_id = ANY(:sources) AND q.query IS NOT NULL "
-        "AND c.tsv @@ q.query ORDER BY ts_rank_cd(c.tsv, q.query) DESC, c.id LIMIT :k"
+        "AND c.tsv @@ q.query ORDER BY ts_rank(c.tsv, q.query) DESC, c.id LIMIT :k"
     ).bindparams(bindparam("sources", type_=_UUIDS))
     rows = await db.execute(
         statement, {"query": query, "tenant": current_tenant(db), "sources": source_ids, "k": k}
