@@ -96,8 +96,8 @@ class SettingsOnBeginConnection(asyncpg.Connection):
         self._settings_on_begin = settings
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109
-        settings, self._settings_on_begin = self._settings_on_begin, None
-        if settings and not args and query.startswith("BEGIN"):
+        if self._settings_on_begin and not args and query.startswith("BEGIN"):
+            settings, self._settings_on_begin = self._settings_on_begin, None
             query += "".join(
                 f" SELECT set_config({_literal(name)}, {_literal(value)}, true);"
                 for name, value in settings.items()
