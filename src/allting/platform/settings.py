@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     db_pool_size: int = 10
     db_max_overflow: int = 10
     worker_concurrency: int = 4
+    # Threads torch may use for each encode of the local embedding model. One keeps questions
+    # steady on a busy machine; a dedicated worker with spare cores ingests faster with more.
+    local_embedding_threads: int = Field(default=1, ge=1, le=64)
     job_max_attempts: int = 3
     job_lease_seconds: int = 120
     job_reconcile_cron: str = "* * * * *"
