@@ -274,3 +274,27 @@ async def test_a_connection_test_is_shown_in_the_providers_row(app, chat_org):
         ]  # Swedish by default
     finally:
         await client.aclose()
+
+
+async def test_the_prompt_history_is_in_swedish_with_an_empty_first_prompt(app, chat_org):
+    owner = chat_org.owner.client
+    space = (await owner.post("/api/v1/spaces/", json={"name": "Bygglov"})).json()
+    assistant = (
+        await owner.post("/api/v1/assistants/", json={"space_id": space["id"], "name": "Guiden"})
+    ).json()
+    changed = await owner.patch(f"/api/v1/assistants/{assistant['id']}/", json={"prompt": "Svara kort."})
+    assert changed.status_code == 200, changed.text
+    restored = await owner.post(f"/api/v1/assistants/{assistant['id']}/prompt-versions/1/restore")
+    assert restored.status_code == 200, restored.text
+    client = await sign_in(app, chat_org.owner.email, chat_org.owner.password)
+    try:
+        page = await client.get(
+            f"/spaces/{space['id']}/assistants/{assistant['id']}", headers={"accept-language": "sv"}
+        )
+        history = page.text.split('id="versions-h"')[1]
+        assert "<td>Skapad</td>" in history
+        assert "<td>Återställd från version 1</td>" in history
+        assert "(tom)" in history
+        assert "Created" not in history and "Restored" not in history
+    finally:
+        await client.aclose()
