@@ -298,3 +298,20 @@ async def test_the_prompt_history_is_in_swedish_with_an_empty_first_prompt(app, 
         assert "Created" not in history and "Restored" not in history
     finally:
         await client.aclose()
+
+
+async def test_the_audit_log_and_budgets_name_outcomes_actors_and_spaces_in_swedish(app, chat_org):
+    client = await sign_in(app, chat_org.owner.email, chat_org.owner.password)
+    sv = {"accept-language": "sv"}
+    try:
+        await client.get("/", headers=sv)  # creates the personal space
+        audit = (await client.get("/admin/audit", headers=sv)).text
+        rows = audit.split("<tbody>")[1]
+        assert "<td>Lyckades</td>" in rows
+        assert "<td>success</td>" not in rows and "<td>system</td>" not in rows
+        budgets = (await client.get("/admin/budgets", headers=sv)).text
+        options = re.findall(r'<option value="[0-9a-f-]{36}">([^<]*)</option>', budgets)
+        assert "Personligt" in options and "Organisation" in options
+        assert "Personal" not in options
+    finally:
+        await client.aclose()

@@ -214,7 +214,11 @@ async def budgets_page(request: Request, db: DbSession, page: SignedIn):
     budgets = await service.list_budgets(db, page.ctx)
     spaces = [space for space, _role in await spaces_service.list_spaces(db, page.ctx)]
     users, _total = await users_service.list_users(db, page.ctx, limit=500, offset=0)
-    names = {space.id: space.name for space in spaces} | {user.id: user.name or user.email for user in users}
+    gettext = gettext_for(page.language)
+    # The personal and the organisation space are named by kind, as the spaces pages name them.
+    kinds = {"personal": gettext("Personal"), "organisation": gettext("Organisation")}
+    space_names = {space.id: kinds.get(space.kind, space.name) for space in spaces}
+    names = space_names | {user.id: user.name or user.email for user in users}
     rows = []
     for budget, tokens, cost in budgets:
         rows.append(
@@ -236,6 +240,7 @@ async def budgets_page(request: Request, db: DbSession, page: SignedIn):
             "admin_tab": "budgets",
             "rows": rows,
             "spaces": spaces,
+            "space_names": space_names,
             "users": users,
             "resets_at": resets_at,
         },
