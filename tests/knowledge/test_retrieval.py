@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from sqlalchemy import select
@@ -198,3 +199,33 @@ async def test_changing_the_embedding_model_re_embeds_the_collection_as_a_job(
             query="How do kids travel to their classes?",
         )
     assert {str(p.collection_id) for p in passages} == {collection["id"], local["id"]}
+
+
+async def test_words_in_most_passages_of_a_large_source_are_left_out_of_full_text(
+    org, collection, worker, knowledge, local_model, monkeypatch
+):
+    monkeypatch.setattr(retrieval, "COMMON_WORDS_MIN_PASSAGES", 3)
+    retrieval._common_words.clear()
+    client = org.owner.client
+    documents = {f"notice-{n}.txt": f"Vretaby kommun informerar om ärende {n * 7919}." for n in range(5)}
+    documents["deck.txt"] = "Vretaby kommun beviljar altanbygge efter ansökan."
+    await _fill(client, knowledge, collection["id"], documents)
+    collection_id = uuid.UUID(collection["id"])
+    ctx = Ctx(tenant_id=org.id, user_id=org.owner.id, actor_type="user")
+    async with transaction() as db:
+        await set_tenant(db, org.id)
+        sources = await retrieval._sources(db, [collection_id], [])
+        assert retrieval.common_words(org.id, sources) == []  # not known yet: the question does not wait
+        everything = await retrieval.text_search(db, [collection_id], "Vretaby altanbygge", 10)
+    await asyncio.gather(*retrieval._refreshing.values())
+    async with transaction() as db:
+        await set_tenant(db, org.id)
+        common = retrieval.common_words(org.id, sources)
+        assert "vretaby" in common and "altanbygg" not in common
+        rare_only = await retrieval.text_search(db, [collection_id], "Vretaby altanbygge", 10, common)
+        only_common = await retrieval.text_search(db, [collection_id], "Vretaby kommun", 10, common)
+        by_vector = await retrieval.search(db, ctx, collection_ids=[collection_id], query="Vretaby kommun")
+    assert len(everything) == 6
+    assert len(rare_only) == 1
+    assert only_common == []
+    assert by_vector  # the vectors still answer a question made only of common words

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.types import Uuid
+from sqlalchemy.types import Text, Uuid
 
 from allting.ai import gateway
 from allting.ai import service as ai_service
@@ -48,7 +49,7 @@ from allting.deps import Ctx
 from allting.knowledge.models import INDEXED_DIMENSIONS, Chunk, Collection, Document, Website
 from allting.platform.errors import AppError, TooManyRequests
 from allting.platform.logging import get_logger
-from allting.platform.tenancy import current_tenant
+from allting.platform.tenancy import current_tenant, set_tenant
 
 log = get_logger(__name__)
 
@@ -62,6 +63,7 @@ HNSW_ITERATIVE_SCAN = "relaxed_order"
 HNSW_MAX_SCAN_TUPLES = 50_000
 _QUOTED = re.compile(r'"[^"]+"')
 _UUIDS = ARRAY(Uuid())
+_WORDS = ARRAY(Text())
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,8 @@ async def search(
     # full-text search: the two take similar time and need nothing from each other.
     embeddings = {model_id: await _start_embedding(db, ctx, model_id, query) for model_id in groups}
     try:
-        ranked.append(await text_search(db, [source.id for source in sources], query, candidates))
+        common = common_words(ctx.tenant_id, sources)
+        ranked.append(await text_search(db, [source.id for source in sources], query, candidates, common))
         for model_id, group in groups.items():
             vector = await _finish_embedding(db, ctx, embeddings[model_id], query)
             if vector is None:
@@ -309,23 +312,87 @@ _ANY_WORD = (
     "JOIN ts_debug('english', :query) WITH ORDINALITY "
     "AS e(alias, description, token, dictionaries, dictionary, lexemes, n) USING (n), "
     "unnest(s.lexemes || e.lexemes) AS l "
-    "WHERE cardinality(s.lexemes) > 0 AND cardinality(e.lexemes) > 0) AS words WHERE lexeme <> '')"
+    "WHERE cardinality(s.lexemes) > 0 AND cardinality(e.lexemes) > 0) AS words "
+    "WHERE lexeme <> '' AND lexeme <> ALL(:common))"
 )
 _PHRASES = "(websearch_to_tsquery('swedish', :query) || websearch_to_tsquery('english', :query))"
 
 
-async def text_search(db: AsyncSession, source_ids: list[uuid.UUID], query: str, k: int) -> list[uuid.UUID]:
-    """Chunk ids matching the question's words (or its quoted phrases), best ranked first."""
-    tsquery = _PHRASES if _QUOTED.search(query) else _ANY_WORD
+async def text_search(
+    db: AsyncSession, source_ids: list[uuid.UUID], query: str, k: int, common: Sequence[str] = ()
+) -> list[uuid.UUID]:
+    """Chunk ids matching the question's words (or its quoted phrases), best ranked first. Words in
+    `common` (see `common_words`) are left out of an unquoted question."""
+    quoted = bool(_QUOTED.search(query))
     statement = text(
-        f"SELECT c.id FROM chunks AS c, (SELECT {tsquery} AS query) AS q "  # noqa: S608 - constants only
+        f"SELECT c.id FROM chunks AS c, (SELECT {_PHRASES if quoted else _ANY_WORD} AS query) AS q "  # noqa: S608 - constants only
         "WHERE c.tenant_id = :tenant AND c.source_id = ANY(:sources) AND q.query IS NOT NULL "
         "AND c.tsv @@ q.query ORDER BY ts_rank(c.tsv, q.query) DESC, c.id LIMIT :k"
     ).bindparams(bindparam("sources", type_=_UUIDS))
-    rows = await db.execute(
-        statement, {"query": query, "tenant": current_tenant(db), "sources": source_ids, "k": k}
-    )
+    params = {"query": query, "tenant": current_tenant(db), "sources": source_ids, "k": k}
+    if not quoted:
+        statement = statement.bindparams(bindparam("common", type_=_WORDS))
+        params["common"] = list(common)
+    rows = await db.execute(statement, params)
     return [row.id for row in rows]
+
+
+# Words in at least this share of a large source's passages carry no signal for ranking (like
+# stop words) yet make full text rank nearly every passage: 17 ms of database time per question at
+# 10,000 passages, all of it spent again by every concurrent question. They are found per source
+# with ts_stat in the background (a few hundred ms per 10,000 passages, once per process and
+# COMMON_WORDS_TTL) and left out of unquoted questions; small sources are cheap to rank whole.
+COMMON_WORD_SHARE = 0.05
+COMMON_WORDS_MIN_PASSAGES = 500
+COMMON_WORDS_MAX = 2000
+COMMON_WORDS_TTL = 600.0
+_common_words: dict[uuid.UUID, tuple[float, frozenset[str]]] = {}
+_refreshing: dict[uuid.UUID, asyncio.Task[None]] = {}
+
+
+def common_words(tenant_id: uuid.UUID, sources: Sequence[_Source]) -> list[str]:
+    """The common words of the sources as known now; stale or missing ones are looked up in the
+    background for the next question, so no question waits for ts_stat."""
+    now = time.monotonic()
+    words: set[str] = set()
+    for source in sources:
+        if source.chunks < COMMON_WORDS_MIN_PASSAGES:
+            continue
+        known = _common_words.get(source.id)
+        if (known is None or known[0] < now) and source.id not in _refreshing:
+            _refreshing[source.id] = asyncio.ensure_future(_refresh_common_words(tenant_id, source))
+        if known is not None:
+            words |= known[1]
+    return sorted(words)
+
+
+async def _refresh_common_words(tenant_id: uuid.UUID, source: _Source) -> None:
+    from allting.platform.db import transaction
+
+    try:
+        # ts_stat takes the statement as text; the id is a UUID, and row-level security limits
+        # the rows to the tenant like any other statement.
+        statement = f"SELECT tsv FROM chunks WHERE source_id = '{uuid.UUID(str(source.id))}'"  # noqa: S608
+        async with transaction() as db:
+            await set_tenant(db, tenant_id)
+            rows = await db.execute(
+                text(
+                    "SELECT word FROM ts_stat(:statement) WHERE ndoc >= :least ORDER BY ndoc DESC LIMIT :most"
+                ),
+                {
+                    "statement": statement,
+                    "least": max(2, int(source.chunks * COMMON_WORD_SHARE)),
+                    "most": COMMON_WORDS_MAX,
+                },
+            )
+            words = frozenset(row.word for row in rows)
+        if len(_common_words) >= 4096:
+            _common_words.clear()
+        _common_words[source.id] = (time.monotonic() + COMMON_WORDS_TTL, words)
+    except Exception as exc:  # a cache warm-up: the next question tries again
+        log.warning("knowledge.common_words_failed", source_id=str(source.id), error=type(exc).__name__)
+    finally:
+        _refreshing.pop(source.id, None)
 
 
 async def _passages(db: AsyncSession, fused: list[tuple[uuid.UUID, float]]) -> list[Passage]:
