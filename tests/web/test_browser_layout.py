@@ -33,6 +33,10 @@ async def test_no_page_is_wider_than_a_phone(browser, live_url, chat_org):
     context.set_default_timeout(10_000)
     page = await context.new_page()
     await sign_in_sv(page, live_url, chat_org)
+    # A new chat's hint is above the composer, which sticks to the bottom of the screen, not under it.
+    intro = await page.locator("#chat-intro").bounding_box()
+    composer = await page.locator("#composer").bounding_box()
+    assert intro["y"] + intro["height"] <= composer["y"]
     wider = {}
     for path in PHONE_PAGES:
         await page.goto(f"{live_url}{path.format(space='/spaces/' + space['id'])}")
