@@ -85,7 +85,8 @@ async def test_a_crawl_stores_pages_then_skips_unchanged_updates_changed_and_rem
         found = await retrieval.search(
             db, ctx, collection_ids=[], website_ids=[uuid.UUID(website["id"])], query="test municipality"
         )
-    assert found[0].url.endswith("/about") and found[0].website_id == uuid.UUID(website["id"])
+    # /about and /about?a=1&b=2 hold the same text and tie; either may come first
+    assert found[0].url.split("?")[0].endswith("/about") and found[0].website_id == uuid.UUID(website["id"])
     searched = await client.post(f"/api/v1/websites/{website['id']}/search/", json={"query": "News version"})
     assert searched.json()["items"][0]["url"].endswith("/news")
 

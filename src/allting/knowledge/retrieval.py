@@ -115,7 +115,7 @@ async def search(
     embeddings = {model_id: await _start_embedding(db, ctx, model_id, query) for model_id in groups}
     try:
         common = common_words(ctx.tenant_id, sources)
-        ranked.append(await text_search(db, [source.id for source in sources], query, candidates, common))
+        text_hits = await text_search(db, [source.id for source in sources], query, candidates, common)
         for model_id, group in groups.items():
             vector = await _finish_embedding(db, ctx, embeddings[model_id], query)
             if vector is None:
@@ -129,6 +129,7 @@ async def search(
                 total_chunks=sum(source.chunks for source in group),
             )
             ranked.append([chunk_id for chunk_id, _ in hits])
+        ranked.append(text_hits)  # after the vectors: among equal scores the nearer passage comes first
     finally:
         for embedding in embeddings.values():
             if embedding is not None:
