@@ -96,3 +96,17 @@ async def test_model_output_cannot_run_scripts_or_load_external_images(page, liv
     hrefs = await answer.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
     assert all(href is None or href.startswith(("http", "mailto", "#")) for href in hrefs)
     assert outside == []
+
+
+async def test_after_a_wrong_password_the_keyboard_is_in_the_password_field(page, live_url, chat_org):
+    await page.goto(f"{live_url}/login")
+    await page.keyboard.type(chat_org.owner.email)
+    await page.keyboard.press("Tab")
+    await page.keyboard.type("not the password")
+    await page.keyboard.press("Enter")
+    await page.get_by_role("alert").wait_for()
+    assert await page.evaluate("document.activeElement.id") == "password"
+    assert await page.get_by_label("E-mail").input_value() == chat_org.owner.email
+    await page.keyboard.type(chat_org.owner.password)
+    await page.keyboard.press("Enter")
+    await page.wait_for_url(f"{live_url}/")
