@@ -181,3 +181,25 @@ async def sign_in_sv(page, live_url, org):
     await page.get_by_label("Lösenord").fill(org.owner.password)
     await page.get_by_role("button", name="Logga in").click()
     await page.wait_for_url(f"{live_url}/")
+
+
+async def test_the_theme_button_offers_the_theme_the_device_is_not_showing(browser, live_url, chat_org):
+    for scheme, offered, other in (
+        ("dark", "Light theme", "Dark theme"),
+        ("light", "Dark theme", "Light theme"),
+    ):
+        context = await browser.new_context(locale="en-GB", color_scheme=scheme)
+        context.set_default_timeout(10_000)
+        page = await context.new_page()
+        await sign_in(page, live_url, chat_org.owner.email, chat_org.owner.password)
+        assert await page.get_by_role("button", name=offered).is_visible()
+        assert await page.get_by_role("button", name=other).count() == 0
+        await page.get_by_role("button", name=offered).click()
+        await page.get_by_role("button", name=other).wait_for()
+        assert await page.locator("html").get_attribute("data-theme") == offered.split()[0].lower()
+        # Back to following the device is the account page's choice; leave the next run where it started.
+        await page.goto(f"{live_url}/account")
+        await page.get_by_label("Theme").select_option("system")
+        await page.get_by_role("button", name="Save", exact=True).click()
+        await page.wait_for_load_state()
+        await context.close()
