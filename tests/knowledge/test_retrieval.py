@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from sqlalchemy import select
+import asyncpg
+from sqlalchemy import bindparam, select, text
 
 from allting.deps import Ctx
 from allting.knowledge import retrieval
@@ -229,3 +230,71 @@ async def test_words_in_most_passages_of_a_large_source_are_left_out_of_full_tex
     assert len(rare_only) == 1
     assert only_common == []
     assert by_vector  # the vectors still answer a question made only of common words
+
+
+async def _copy_passages(runtime, collection: dict, texts: list[str]) -> None:
+    """Passages written straight into the database (as the bench does), without embedding them."""
+    connection = await asyncpg.connect(
+        f"postgresql://postgres@/allting?host={runtime.services.postgres_socket_dir}"
+    )
+    try:
+        collection_id = uuid.UUID(collection["id"])
+        tenant_id, model_id = await connection.fetchrow(
+            "SELECT tenant_id, embedding_model_id FROM collections WHERE id = $1", collection_id
+        )
+        document_id = uuid.uuid4()
+        await connection.execute(
+            "INSERT INTO documents (id, tenant_id, collection_id, title, mime_type, size, content_hash, "
+            "status, chunk_count, token_count, embedding_model_id) "
+            "VALUES ($1, $2, $3, 'Copied', 'text/plain', 1, $4, 'ready', $5, $5, $6)",
+            document_id,
+            tenant_id,
+            collection_id,
+            uuid.uuid4().hex,
+            len(texts),
+            model_id,
+        )
+        await connection.copy_records_to_table(
+            "chunks",
+            records=[
+                (uuid.uuid4(), tenant_id, document_id, collection_id, n, body, 10)
+                for n, body in enumerate(texts)
+            ],
+            columns=["id", "tenant_id", "document_id", "collection_id", "chunk_index", "text", "token_count"],
+        )
+        await connection.execute("ANALYZE chunks")
+    finally:
+        await connection.close()
+
+
+async def test_full_text_reads_its_index_under_row_level_security_and_stays_in_the_tenant(
+    org, other_org, collection, runtime, knowledge
+):
+    theirs_space = await knowledge.create_space(other_org.owner.client)
+    theirs = await knowledge.create_collection(other_org.owner.client, theirs_space["id"])
+    filler = [
+        f"Protokoll från nämndens sammanträde nummer {n} om budget, skolor, vägar och parker i kommunen."
+        for n in range(20_000)
+    ]
+    await _copy_passages(runtime, collection, [*filler, "Ärendet gäller xylofonskolans tak."])
+    await _copy_passages(runtime, theirs, ["Deras ärende gäller också xylofonskolans tak."])
+    sql = (
+        f"EXPLAIN SELECT c.id FROM chunks AS c, (SELECT {retrieval._ANY_WORD} AS query) AS q "
+        "WHERE c.tenant_id = :tenant AND c.source_id = ANY(:sources) AND q.query IS NOT NULL "
+        "AND c.tsv @@ q.query ORDER BY ts_rank(c.tsv, q.query) DESC, c.id LIMIT :k"
+    )
+    sources = [uuid.UUID(collection["id"]), uuid.UUID(theirs["id"])]
+    async with transaction() as db:
+        await set_tenant(db, org.id)
+        plan = "\n".join(
+            row[0]
+            for row in await db.execute(
+                text(sql).bindparams(
+                    bindparam("sources", type_=retrieval._UUIDS), bindparam("common", type_=retrieval._WORDS)
+                ),
+                {"query": "xylofonskolans", "tenant": org.id, "sources": sources, "k": 10, "common": []},
+            )
+        )
+        found = await retrieval.text_search(db, sources, "xylofonskolans", 10)
+    assert "ix_chunks_fts" in plan, plan
+    assert len(found) == 1  # their passage with the same word stays theirs

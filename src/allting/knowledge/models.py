@@ -11,11 +11,12 @@ indexed as half precision (`halfvec`), since HNSW takes at most 2000 full-precis
 names one column, and every index a search uses leads with (tenant_id, source_id).
 
 Full text: `chunks.tsv` (generated from the heading and the text under the Swedish and the
-English stemmer) has a GIN index, but under row-level security PostgreSQL cannot use it: `@@`
-is not leakproof, so it may only be evaluated after the policy, never inside an index scan. A
-search therefore reads the collection's chunks through (tenant_id, source_id) and matches each
-`tsv`, which stays in the row (storage MAIN) so that no TOAST lookups are needed. The GIN index
-serves the system role (maintenance, cross-tenant jobs), where no policy qualifies the rows.
+English stemmer) has a GIN index. Under row-level security PostgreSQL uses it only when `@@`
+(`ts_match_vq`) is marked leakproof, which a superuser must do: the embedded database is set up
+so (`platform/runtime.py::SUPERUSER_TUNING`), and operations.md asks operators of an external
+PostgreSQL to do the same. Without it a search reads the collection's chunks through
+(tenant_id, source_id) and matches each `tsv`, which stays in the row (storage MAIN) so that no
+TOAST lookups are needed.
 """
 
 from __future__ import annotations
