@@ -303,3 +303,16 @@ async def test_rotation_leaves_every_key_readable_under_the_new_key_alone(
             purpose=ai_service.KEY_PURPOSE,
             keys=[old_key],
         )
+
+
+async def test_the_first_enabled_model_of_a_kind_becomes_its_default(org, stub_provider):
+    first = await _add_model(org, stub_provider, is_enabled=True)
+    second = await _add_model(org, stub_provider, display_name="Stub chat 2", is_enabled=True)
+    assert first["is_org_default"]
+    assert not second["is_org_default"]
+    third = await _add_model(org, stub_provider, display_name="Stub chat 3")
+    enabled = await org.owner.client.post(
+        f"/api/v1/completion-models/{third['id']}/", json={"is_org_enabled": True}
+    )
+    assert enabled.status_code == 200, enabled.text
+    assert not enabled.json()["is_org_default"]

@@ -518,6 +518,10 @@ async def _apply_default_and_enabled(
             raise Invalid("Choose another default before disabling this model", field="is_enabled")
         model.is_enabled = enabled
         changes["is_enabled"] = enabled
+    if default is None and model.is_enabled and not model.is_default:
+        # The first enabled model of its kind becomes the default, so that assistants on the
+        # organisation's default (every personal assistant) can answer at once.
+        default = await default_model(db, model.kind) is None
     if default and not model.is_default:
         if not model.is_enabled:
             raise Invalid("Only an enabled model can be the default", field="is_default")
