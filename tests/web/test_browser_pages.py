@@ -91,8 +91,9 @@ async def test_an_admin_adds_a_provider_and_enables_a_model(page, live_url, org,
     await page.get_by_label("Display name").fill("Stub chat")
     await page.get_by_role("button", name="Add model").click()
     await page.get_by_text("The model is added.").wait_for()
-    await page.get_by_role("button", name="Make default Stub chat").click()
-    await page.get_by_text("The model is saved.").wait_for()
+    # The organisation's first chat model becomes its default: people can chat at once.
+    await page.locator("tr", has_text="Stub chat").get_by_text("Default", exact=True).wait_for()
+    assert await page.get_by_role("button", name="Make default Stub chat").count() == 0
     await page.goto(f"{live_url}/")
     await page.get_by_label("Your question").fill("Hello?")
     await page.keyboard.press("Enter")
