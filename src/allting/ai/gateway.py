@@ -347,13 +347,16 @@ class _GuardedResolver(aiohttp.abc.AbstractResolver):
 
 
 @lru_cache(maxsize=1024)
-def _literal_host_blocked(host: str, allowed: tuple[egress.IPNetwork, ...]) -> str | None:
-    """Why an IP-literal host may not be reached (aiohttp never resolves literals), else None."""
+def _literal_host_refusal(host: str, allowed: tuple[egress.IPNetwork, ...]) -> str | None:
+    """The outbound guard's refusal of an IP-literal host (aiohttp never resolves literals), else None."""
     try:
-        address = ipaddress.ip_address(host.strip("[]"))
+        ipaddress.ip_address(host)
+        egress.checked_addresses(host, 0, allowed)
     except ValueError:
         return None
-    return egress.blocked_reason(address, allowed)
+    except egress.EgressError as exc:
+        return exc.reason
+    return None
 
 
 class _AiohttpByteStream(httpx2.AsyncByteStream):
@@ -410,12 +413,9 @@ class _PinnedAiohttpTransport(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         _check_url_form(str(request.url))
-        reason = _literal_host_blocked(request.url.host, self._allowed)
-        if reason:
-            blocked = egress.EgressBlocked(
-                f"host {request.url.host} is a {reason} address and not in OUTBOUND_ALLOWED_NETWORKS"
-            )
-            raise httpx2.ConnectError(blocked.reason, request=request) from blocked
+        refusal = _literal_host_refusal(request.url.host, self._allowed)
+        if refusal:
+            raise httpx2.ConnectError(refusal, request=request) from egress.EgressBlocked(refusal)
         timeout = request.extensions.get("timeout", {})
         try:
             response = await self._client_session().request(
