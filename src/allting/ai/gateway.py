@@ -347,16 +347,13 @@ class _GuardedResolver(aiohttp.abc.AbstractResolver):
 
 
 @lru_cache(maxsize=1024)
-def _literal_host_refusal(host: str, allowed: tuple[egress.IPNetwork, ...]) -> str | None:
-    """The outbound guard's refusal of an IP-literal host (aiohttp never resolves literals), else None."""
+def _literal_host_blocked(host: str, allowed: tuple[egress.IPNetwork, ...]) -> str | None:
+    """Why an IP-literal host may not be reached (aiohttp never resolves literals), else None."""
     try:
-        ipaddress.ip_address(host)
-        egress.checked_addresses(host, 0, allowed)
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return None
-    except egress.EgressError as exc:
-        return exc.reason
-    return None
+    return egress.blocked_reason(address, allowed)
 
 
 class _AiohttpByteStream(httpx2.AsyncByteStream):
@@ -413,9 +410,12 @@ class _PinnedAiohttpTransport(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         _check_url_form(str(request.url))
-        refusal = _literal_host_refusal(request.url.host, self._allowed)
-        if refusal:
-            raise httpx2.ConnectError(refusal, request=request) from egress.EgressBlocked(refusal)
+        reason = _literal_host_blocked(request.url.host, self._allowed)
+        if reason:
+            blocked = egress.EgressBlocked(
+                f"host {request.url.host} is a {reason} address and not in OUTBOUND_ALLOWED_NETWORKS"
+            )
+            raise httpx2.ConnectError(blocked.reason, request=request) from blocked
         timeout = request.extensions.get("timeout", {})
         try:
             response = await self._client_session().request(

@@ -84,32 +84,37 @@ class _QuestionBatcher:
 
     def __init__(self) -> None:
         self._waiting: list[tuple[str, asyncio.Future[list[float]]]] = []
+        self._draining = False
         self._drainer: asyncio.Task[None] | None = None
 
     async def embed(self, text: str) -> list[float]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[float]] = loop.create_future()
         self._waiting.append((text, future))
-        if self._drainer is None or self._drainer.done():
+        if not self._draining:
+            self._draining = True
             self._drainer = loop.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._waiting:
-            batch = self._waiting[:DEFAULT_BATCH_SIZE]
-            del self._waiting[:DEFAULT_BATCH_SIZE]
-            texts = [text for text, _ in batch]
-            try:
-                vectors = await loop.run_in_executor(_question_lane, encode, texts, len(texts))
-            except Exception as exc:
-                for _, future in batch:
+        try:
+            while self._waiting:
+                batch = self._waiting[:DEFAULT_BATCH_SIZE]
+                del self._waiting[:DEFAULT_BATCH_SIZE]
+                texts = [text for text, _ in batch]
+                try:
+                    vectors = await loop.run_in_executor(_question_lane, encode, texts, len(texts))
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), vector in zip(batch, vectors, strict=True):
                     if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), vector in zip(batch, vectors, strict=True):
-                if not future.done():
-                    future.set_result(vector)
+                        future.set_result(vector)
+        finally:
+            self._draining = False
 
 
 _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _QuestionBatcher] = (

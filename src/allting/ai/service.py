@@ -643,8 +643,25 @@ def month_window(now: datetime | None = None) -> tuple[datetime, datetime]:
     return start, end
 
 
+_USAGE_COLUMNS = (
+    "id",
+    "created_at",
+    "tenant_id",
+    "user_id",
+    "space_id",
+    "assistant_id",
+    "model_id",
+    "model_name",
+    "provider_type",
+    "kind",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost",
+    "latency_ms",
+    "outcome",
+)
 USAGE_INSERT = insert(UsageRecord.__table__).values(
-    {column.name: bindparam(f"usage_{column.name}", type_=column.type) for column in UsageRecord.__table__.c}
+    {name: bindparam(f"usage_{name}", type_=UsageRecord.__table__.c[name].type) for name in _USAGE_COLUMNS}
 )
 """One usage row without the unit of work, built once; its parameters come from `usage_row`. The
 tenant is the caller's and row-level security checks it. Callers may add a CTE to write more in

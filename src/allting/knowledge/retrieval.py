@@ -47,7 +47,6 @@ from allting.ai import service as ai_service
 from allting.ai.errors import ProviderError
 from allting.deps import Ctx
 from allting.knowledge.models import INDEXED_DIMENSIONS, Chunk, Collection, Document, Website
-from allting.platform.db import transaction
 from allting.platform.errors import AppError, TooManyRequests
 from allting.platform.logging import get_logger
 from allting.platform.tenancy import current_tenant, set_tenant
@@ -369,6 +368,8 @@ def common_words(tenant_id: uuid.UUID, sources: Sequence[_Source]) -> list[str]:
 
 
 async def _refresh_common_words(tenant_id: uuid.UUID, source: _Source) -> None:
+    from allting.platform.db import transaction
+
     try:
         # ts_stat takes the statement as text; the id is a UUID, and row-level security limits
         # the rows to the tenant like any other statement.

@@ -75,19 +75,9 @@ def _drop_closed_connections(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "checkout")
     def _check(dbapi_connection, _record, _proxy) -> None:
-        raw = getattr(dbapi_connection, "driver_connection", None)
+        raw = getattr(dbapi_connection, "_connection", None)
         if raw is not None and raw.is_closed():
             raise exc.DisconnectionError("connection closed")
-
-
-def _forget_settings_on_checkin(engine: AsyncEngine) -> None:
-    """Settings meant for a BEGIN that never came do not reach the connection's next user."""
-
-    @event.listens_for(engine.sync_engine, "checkin")
-    def _forget(dbapi_connection, _record) -> None:
-        raw = getattr(dbapi_connection, "driver_connection", None)
-        if isinstance(raw, SettingsOnBeginConnection):
-            raw.set_on_next_begin(None)
 
 
 class SettingsOnBeginConnection(asyncpg.Connection):
@@ -137,7 +127,13 @@ def init_engines(urls: DatabaseUrls, *, pool_size: int = 10, max_overflow: int =
         connect_args={"connection_class": SettingsOnBeginConnection},
     )
     _drop_closed_connections(_engines.app)
-    _forget_settings_on_checkin(_engines.app)
+
+    @event.listens_for(_engines.app.sync_engine, "checkin")
+    def _forget_settings(dbapi_connection, _record) -> None:
+        raw = getattr(dbapi_connection, "_connection", None)
+        if isinstance(raw, SettingsOnBeginConnection):
+            raw.set_on_next_begin(None)
+
     _engines.system = create_async_engine(urls.system, pool_size=2, max_overflow=4, pool_pre_ping=True)
     _engines.app_sessions = async_sessionmaker(_engines.app, expire_on_commit=False)
     _engines.system_sessions = async_sessionmaker(_engines.system, expire_on_commit=False)
