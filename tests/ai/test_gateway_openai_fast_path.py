@@ -107,6 +107,27 @@ def test_which_targets_take_the_fast_path(provider_type, api_base, api_version, 
     assert gateway._uses_openai_sdk(target) is fast
 
 
+@pytest.mark.parametrize(
+    ("provider_type", "api_base", "direct"),
+    [
+        ("openai_compatible", "http://10.0.0.5/v1", True),
+        ("openai", "https://proxy.example/v1", True),
+        ("openai", None, False),
+        ("azure", "https://res.openai.azure.com/", False),
+        ("anthropic", None, False),
+    ],
+)
+def test_which_streams_skip_the_sdk(provider_type, api_base, direct):
+    target = ModelTarget(
+        litellm_model="m",
+        api_base=api_base,
+        api_key="k" * 10,
+        api_version="2024-10-21",
+        provider_type=provider_type,
+    )
+    assert gateway._streams_directly(target) is direct
+
+
 async def test_streaming_and_non_streaming_skip_litellm(stub, target, config, no_litellm_chat):
     stub.script(answer="Hej kommunen.")
     deltas, done = await _collect(stream_chat(target, MESSAGES, config=config))
@@ -136,6 +157,16 @@ async def test_streaming_errors_are_typed_and_not_retried(stub, target, config, 
     assert raised.value.code == expected.code
     assert planted_key not in str(raised.value) and planted_key not in raised.value.detail
     assert raised.value.__cause__ is None and raised.value.__context__ is None
+    assert len(stub.requests) == 1
+
+
+async def test_error_event_in_the_middle_of_a_stream_is_typed_after_the_partial_text(stub, target, config):
+    stub.script(answer="ett två tre fyra", error="error_event_mid_stream")
+    deltas = []
+    with pytest.raises(ContextTooLong):
+        async for event in stream_chat(target, MESSAGES, config=config):
+            deltas.append(event.text)
+    assert "".join(deltas) == "ett två "
     assert len(stub.requests) == 1
 
 
@@ -295,14 +326,16 @@ async def test_many_cancelled_streams_are_all_closed(stub, target, config):
 # Request shape: parameters, extra headers and body, organization
 
 
-async def test_reasoning_model_parameters_are_mapped_like_litellm(stub, config, make_target, no_litellm_chat):
+@pytest.mark.parametrize("streamed", [True, False])
+async def test_reasoning_model_parameters_are_mapped_like_litellm(
+    stub, config, make_target, no_litellm_chat, streamed
+):
     target = make_target(stub, model="o3-mini")
-    await complete_chat(
-        target,
-        MESSAGES,
-        params={"max_tokens": 50, "temperature": 0.3, "reasoning_effort": "low"},
-        config=config,
-    )
+    params = {"max_tokens": 50, "temperature": 0.3, "reasoning_effort": "low"}
+    if streamed:
+        await _collect(stream_chat(target, MESSAGES, params=params, config=config))
+    else:
+        await complete_chat(target, MESSAGES, params=params, config=config)
     sent = stub.requests[0].json
     assert sent["max_completion_tokens"] == 50 and sent["reasoning_effort"] == "low"
     assert "max_tokens" not in sent and "temperature" not in sent
@@ -316,7 +349,8 @@ async def test_plain_parameters_pass_through(stub, target, config):
     assert sent["messages"] == MESSAGES
 
 
-async def test_extra_headers_body_and_organization_reach_the_provider(stub, config, planted_key):
+@pytest.mark.parametrize("streamed", [True, False])
+async def test_extra_headers_body_and_organization_reach_the_provider(stub, config, planted_key, streamed):
     target = ModelTarget(
         litellm_model="stub-chat",
         api_base=stub.url,
@@ -328,8 +362,12 @@ async def test_extra_headers_body_and_organization_reach_the_provider(stub, conf
             "extra_body": {"chat_template_kwargs": {"enable_thinking": False}},
         },
     )
-    await complete_chat(target, MESSAGES, config=config)
+    if streamed:
+        await _collect(stream_chat(target, MESSAGES, config=config))
+    else:
+        await complete_chat(target, MESSAGES, config=config)
     (request,) = stub.requests
+    assert request.headers["authorization"] == f"Bearer {planted_key}"
     assert request.headers["x-tenant-route"] == "sv"
     assert request.headers["openai-organization"] == "org-kommun"
     assert request.json["chat_template_kwargs"] == {"enable_thinking": False}

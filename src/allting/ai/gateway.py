@@ -22,7 +22,10 @@ provider resolution, parameter mapping, per-chunk stream wrapping) at about 7 ms
 to first token at 1 stream, 60 ms at 10 and 340 ms at 50 concurrent streams against the stub,
 far over the 3 ms budget. Through the SDK client (its `post`, with a lean decoder that keeps
 chunks as JSON dicts) the same benchmark measures well under 1 ms added at 1 and 10 streams and
-no difference beyond the machine's noise at 50. What LiteLLM knew and the fast path still needs is
+no difference beyond the machine's noise at 50. Streamed chat to a tenant's own OpenAI-protocol
+endpoint (the self-hosted case) skips the SDK too: the same JSON is posted over the pinned aiohttp
+session and its events are read straight from the response, about 2 ms of CPU less per question.
+What LiteLLM knew and the fast path still needs is
 borrowed from it once and cached: which parameters a model accepts (reasoning models take
 `max_completion_tokens`, not `max_tokens` or `temperature`) and the price table. Anthropic,
 Mistral, other Azure endpoint shapes, remote embeddings and transcription still go through
@@ -63,6 +66,7 @@ import anyio
 import httpx2
 import openai
 import orjson
+import yarl
 from openai import AsyncAzureOpenAI, AsyncOpenAI, AsyncStream, DefaultAsyncHttpxClient, OpenAIError
 
 from allting.ai import local_embeddings
@@ -356,31 +360,9 @@ def _literal_host_blocked(host: str, allowed: tuple[egress.IPNetwork, ...]) -> s
     return egress.blocked_reason(address, allowed)
 
 
-class _AiohttpByteStream(httpx2.AsyncByteStream):
-    """An aiohttp response body as the byte stream the OpenAI SDK reads, with aiohttp's errors
-    raised as the httpx2 ones the SDK (and `_JSONChunkStream`) know."""
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for data in self._response.content.iter_any():
-                yield data
-        except (TimeoutError, aiohttp.SocketTimeoutError) as exc:
-            raise httpx2.ReadTimeout(str(exc) or "The provider stopped sending") from exc
-        except aiohttp.ClientError as exc:
-            raise httpx2.ReadError(str(exc) or "The provider's connection broke") from exc
-
-    async def aclose(self) -> None:
-        # An unfinished body closes the connection (the provider sees the disconnect and stops);
-        # a finished one goes back to the pool.
-        self._response.release()
-
-
-class _PinnedAiohttpTransport(httpx2.AsyncBaseTransport):
-    """The OpenAI SDK's transport for tenant-supplied endpoints: aiohttp underneath, connections
-    only to addresses the outbound guard allows, redirects never followed.
+class _PinnedSession:
+    """An aiohttp session for tenant-supplied endpoints: connections only to addresses the outbound
+    guard allows, redirects never followed.
 
     aiohttp rather than the SDK's default httpx2/httpcore2 stack: its C HTTP parser and plain
     asyncio reads cost a fraction of the CPU per streamed chunk, which bench/bench_chat.py measured
@@ -408,23 +390,75 @@ class _PinnedAiohttpTransport(httpx2.AsyncBaseTransport):
             )
         return self._session
 
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        _check_url_form(str(request.url))
-        reason = _literal_host_blocked(request.url.host, self._allowed)
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Any,
+        body: bytes | None,
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's per-phase timeouts
+    ) -> aiohttp.ClientResponse:
+        """Send a request; raises `egress.EgressBlocked` for an IP-literal host the guard refuses
+        (aiohttp never hands literals to the resolver) and aiohttp's own errors otherwise."""
+        _check_url_form(url)
+        host = yarl.URL(url).host or ""
+        reason = _literal_host_blocked(host, self._allowed)
         if reason:
-            blocked = egress.EgressBlocked(
-                f"host {request.url.host} is a {reason} address and not in OUTBOUND_ALLOWED_NETWORKS"
+            raise egress.EgressBlocked(
+                f"host {host} is a {reason} address and not in OUTBOUND_ALLOWED_NETWORKS"
             )
-            raise httpx2.ConnectError(blocked.reason, request=request) from blocked
+        return await self._client_session().request(
+            method,
+            url,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            compress=False,
+            timeout=timeout,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class _AiohttpByteStream(httpx2.AsyncByteStream):
+    """An aiohttp response body as the byte stream the OpenAI SDK reads, with aiohttp's errors
+    raised as the httpx2 ones the SDK (and `_JSONChunkStream`) know."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for data in self._response.content.iter_any():
+                yield data
+        except (TimeoutError, aiohttp.SocketTimeoutError) as exc:
+            raise httpx2.ReadTimeout(str(exc) or "The provider stopped sending") from exc
+        except aiohttp.ClientError as exc:
+            raise httpx2.ReadError(str(exc) or "The provider's connection broke") from exc
+
+    async def aclose(self) -> None:
+        # An unfinished body closes the connection (the provider sees the disconnect and stops);
+        # a finished one goes back to the pool.
+        self._response.release()
+
+
+class _PinnedAiohttpTransport(httpx2.AsyncBaseTransport):
+    """The OpenAI SDK's transport for tenant-supplied endpoints, over a `_PinnedSession`."""
+
+    def __init__(self, allowed: tuple[egress.IPNetwork, ...]) -> None:
+        self._pinned = _PinnedSession(allowed)
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         timeout = request.extensions.get("timeout", {})
         try:
-            response = await self._client_session().request(
+            response = await self._pinned.request(
                 request.method,
                 str(request.url),
                 headers=list(request.headers.multi_items()),
-                data=await request.aread() or None,
-                allow_redirects=False,
-                compress=False,
+                body=await request.aread() or None,
                 timeout=aiohttp.ClientTimeout(
                     total=None,
                     connect=timeout.get("pool"),
@@ -432,6 +466,8 @@ class _PinnedAiohttpTransport(httpx2.AsyncBaseTransport):
                     sock_read=timeout.get("read"),
                 ),
             )
+        except egress.EgressBlocked as blocked:
+            raise httpx2.ConnectError(blocked.reason, request=request) from blocked
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise httpx2.ConnectTimeout(
                 str(exc) or "Connecting to the provider timed out", request=request
@@ -449,8 +485,7 @@ class _PinnedAiohttpTransport(httpx2.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._pinned.close()
 
 
 @lru_cache(maxsize=1024)
@@ -507,12 +542,30 @@ def _pinned_openai_client(target: ModelTarget, allowed: tuple[egress.IPNetwork, 
     return client
 
 
+# The sessions that stream chat from tenant endpoints directly, one per event loop and set of
+# allowed networks, for the same reasons as the clients above.
+_pinned_sessions: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[egress.IPNetwork, ...], _PinnedSession]
+] = weakref.WeakKeyDictionary()
+
+
+def _pinned_session(allowed: tuple[egress.IPNetwork, ...]) -> _PinnedSession:
+    sessions = _pinned_sessions.setdefault(asyncio.get_running_loop(), {})
+    session = sessions.get(allowed)
+    if session is None:
+        session = sessions[allowed] = _PinnedSession(allowed)
+    return session
+
+
 async def close_clients() -> None:
-    """Close the cached provider clients of the running event loop (their connection pools)."""
-    clients = _openai_clients.pop(asyncio.get_running_loop(), {})
-    for client in clients.values():
+    """Close the cached provider clients and sessions of the running event loop (their pools)."""
+    loop = asyncio.get_running_loop()
+    for client in _openai_clients.pop(loop, {}).values():
         with contextlib.suppress(Exception):
             await client.close()
+    for session in _pinned_sessions.pop(loop, {}).values():
+        with contextlib.suppress(Exception):
+            await session.close()
 
 
 def _default_openai_client(target: ModelTarget) -> AsyncOpenAI:
@@ -538,6 +591,12 @@ def _default_openai_client(target: ModelTarget) -> AsyncOpenAI:
             ) from None
         clients[key] = client
     return client
+
+
+def _streams_directly(target: ModelTarget) -> bool:
+    """Whether a streamed chat for this target is sent and read straight over aiohttp: a tenant
+    endpoint that speaks the plain OpenAI protocol (Azure's URL and header shapes stay with the SDK)."""
+    return bool(target.api_base) and target.provider_type in ("openai", "openai_compatible")
 
 
 def _uses_openai_sdk(target: ModelTarget) -> bool:
@@ -715,22 +774,9 @@ class _JSONChunkStream(AsyncStream[object]):
 
     async def __stream__(self) -> AsyncIterator[object]:  # type: ignore[override]
         response = self.response
-        decoder = _SSEDecoder()
         try:
             async with contextlib.aclosing(response.aiter_bytes()) as body:
-                async for raw in body:
-                    done = False
-                    for chunk in _coalesced(self._chunks(decoder.feed(raw))):
-                        if chunk is _DONE:
-                            done = True
-                            break
-                        yield chunk
-                    if done:
-                        await self._drain(body)
-                        return
-                for chunk in _coalesced(self._chunks(decoder.flush())):
-                    if chunk is _DONE:
-                        return
+                async for chunk in _json_chunks(body, self._error):
                     yield chunk
         except _TRANSPORT_TIMEOUTS as exc:
             raise openai.APITimeoutError(request=response.request) from exc
@@ -739,32 +785,174 @@ class _JSONChunkStream(AsyncStream[object]):
         finally:
             await response.aclose()
 
-    def _chunks(self, payloads: list[bytes]) -> Iterable[object]:
-        for payload in payloads:
-            if payload.startswith(b"[DONE]"):
-                yield _DONE
-                return
-            yield self._chunk(payload)
+    def _error(self, error: object) -> Exception:
+        return openai.APIError(_stream_error_message(error), self.response.request, body=error)
 
-    def _chunk(self, payload: bytes) -> object:
+
+async def _json_chunks(
+    body: AsyncIterator[bytes], error: Callable[[object], Exception]
+) -> AsyncIterator[object]:
+    """The JSON chunks of an OpenAI-protocol event stream, up to [DONE]; text deltas that arrived
+    in one read are merged. An error event raises `error(its error object)`."""
+    decoder = _SSEDecoder()
+    async for raw in body:
+        for chunk in _coalesced(_parsed(decoder.feed(raw))):
+            if chunk is _DONE:
+                await _drain(body)
+                return
+            if isinstance(chunk, _ErrorEvent):
+                raise error(chunk.error)
+            yield chunk
+    for chunk in _coalesced(_parsed(decoder.flush())):
+        if chunk is _DONE:
+            return
+        if isinstance(chunk, _ErrorEvent):
+            raise error(chunk.error)
+        yield chunk
+
+
+@dataclass(frozen=True)
+class _ErrorEvent:
+    """An error event, passed along in order so the text that arrived before it is still delivered."""
+
+    error: object
+
+
+def _parsed(payloads: list[bytes]) -> Iterable[object]:
+    for payload in payloads:
+        if payload.startswith(b"[DONE]"):
+            yield _DONE
+            return
         chunk = orjson.loads(payload)
         if isinstance(chunk, dict) and chunk.get("error"):
-            error = chunk["error"]
-            message = error.get("message") if isinstance(error, dict) else None
-            raise openai.APIError(
-                message if isinstance(message, str) and message else "An error occurred during streaming",
-                self.response.request,
-                body=error,
-            )
-        return chunk
+            yield _ErrorEvent(chunk["error"])
+            return
+        yield chunk
 
-    @staticmethod
-    async def _drain(body: AsyncIterator[bytes]) -> None:
-        """Read what follows [DONE] (normally only the end of the chunked body) so the connection
-        goes back to the pool; give up after a moment and let the connection close instead."""
-        with anyio.move_on_after(_DRAIN_AFTER_DONE):
-            async for _ in body:
-                pass
+
+def _stream_error_message(error: object) -> str:
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) and message else "An error occurred during streaming"
+
+
+async def _drain(body: AsyncIterator[bytes]) -> None:
+    """Read what follows [DONE] (normally only the end of the chunked body) so the connection
+    goes back to the pool; give up after a moment and let the connection close instead."""
+    with anyio.move_on_after(_DRAIN_AFTER_DONE):
+        async for _ in body:
+            pass
+
+
+class _DirectStream:
+    """A streamed chat read straight from a pinned aiohttp response, as JSON chunks.
+
+    The SDK's request building and its response layers (httpx2 on top of aiohttp) cost about
+    2 ms of CPU per question and a few async layers per chunk (bench/bench_chat.py); the request
+    here is the same JSON, and failures are the same typed errors."""
+
+    def __init__(self, response: aiohttp.ClientResponse, target: ModelTarget) -> None:
+        self._response = response
+        self._target = target
+        self._chunks = _json_chunks(response.content.iter_any(), self._error)
+
+    def _error(self, error: object) -> Exception:
+        code = error.get("code") if isinstance(error, dict) else None
+        detail = scrub(_stream_error_message(error), [self._target.api_key])
+        return _protocol_error(self._target, status=None, code=code, detail=detail)
+
+    async def __anext__(self) -> object:
+        try:
+            return await self._chunks.__anext__()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise ProviderUnavailable(
+                detail=scrub(str(exc) or "The provider's connection broke", [self._target.api_key]),
+                model=self._target.litellm_model,
+            ) from None
+
+    async def aclose(self) -> None:
+        # An unfinished body closes the connection (the provider sees the disconnect and stops);
+        # a finished one goes back to the pool.
+        try:
+            await self._chunks.aclose()
+        finally:
+            self._response.release()
+
+
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+@lru_cache(maxsize=1024)
+def _chat_completions_url(api_base: str) -> str:
+    url = yarl.URL(api_base)
+    return str(url.with_path(url.path.rstrip("/") + "/chat/completions", keep_query=True))
+
+
+async def _open_direct_stream(
+    target: ModelTarget,
+    config: GatewayConfig,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+    request_timeout: float,
+) -> _DirectStream:
+    """POST a streamed chat to a tenant's OpenAI-protocol endpoint; a refusal is a typed error."""
+    assert target.api_base is not None
+    allowed = _allowed_networks(config)
+    await _check_endpoint(target, allowed, pinned=True)
+    model = _sdk_model_name(target)
+    body = _provider_params(target, model, params)
+    body.update({**(body.pop("extra_body", None) or {}), **(target.extra.get("extra_body") or {})})
+    body.update(model=model, messages=messages, stream=True, stream_options={"include_usage": True})
+    headers = {
+        "Authorization": f"Bearer {target.api_key or 'none'}",
+        "Content-Type": "application/json",
+        "Accept": "text/event-stream",
+    }
+    if target.extra.get("organization"):
+        headers["OpenAI-Organization"] = target.extra["organization"]
+    headers.update(target.extra.get("extra_headers") or {})
+    try:
+        response = await _pinned_session(allowed).request(
+            "POST",
+            _chat_completions_url(target.api_base),
+            headers=headers,
+            body=orjson.dumps(body),
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=request_timeout, sock_connect=request_timeout, sock_read=request_timeout
+            ),
+        )
+    except Exception as exc:
+        blocked = _egress_cause(exc)
+        if blocked is not None:
+            raise ProviderEndpointBlocked(detail=blocked.reason, model=target.litellm_model) from None
+        if isinstance(exc, TimeoutError | aiohttp.ClientError):
+            detail = str(exc) or "Could not connect to the provider"
+            raise ProviderUnavailable(
+                detail=scrub(detail, [target.api_key]), model=target.litellm_model
+            ) from None
+        raise
+    if response.status >= 400:
+        try:
+            text = (await response.content.read(_ERROR_BODY_LIMIT)).decode(errors="replace").strip()
+        except (TimeoutError, aiohttp.ClientError):
+            text = ""
+        finally:
+            response.release()
+        raise _status_error(target, response.status, response.headers, text)
+    return _DirectStream(response, target)
+
+
+def _status_error(target: ModelTarget, status: int, headers: Any, text: str) -> ProviderError:
+    """The typed error for a refused request, from its status and body as the SDK would read them."""
+    try:
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        body = None
+    error = body.get("error", body) if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    detail = scrub(f"Error code: {status} - {text}" if text else f"Error code: {status}", [target.api_key])
+    return _protocol_error(
+        target, status=status, code=code, detail=detail, retry_after=_retry_after_header(headers)
+    )
 
 
 @dataclass(frozen=True)
@@ -854,6 +1042,10 @@ def _retry_after(exc: Exception) -> float | None:
     if headers is None:
         response = getattr(exc, "response", None)
         headers = getattr(response, "headers", None)
+    return _retry_after_header(headers)
+
+
+def _retry_after_header(headers: Any) -> float | None:
     if not headers:
         return None
     for name in ("retry-after-ms", "retry-after"):
@@ -889,34 +1081,45 @@ _CONTEXT_WORDS = (
 
 
 def _map_openai_error(exc: openai.OpenAIError, detail: str, target: ModelTarget) -> ProviderError:
-    """Map an OpenAI SDK exception (the fast path's only kind of provider error)."""
+    """Map an OpenAI SDK exception (raised for Azure and OpenAI's own API)."""
+    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
+        return ProviderUnavailable(detail=detail, model=target.litellm_model)
+    return _protocol_error(
+        target,
+        status=getattr(exc, "status_code", None),
+        code=getattr(exc, "code", None),
+        detail=detail,
+        retry_after=_retry_after(exc),
+    )
+
+
+def _protocol_error(
+    target: ModelTarget, *, status: int | None, code: Any, detail: str, retry_after: float | None = None
+) -> ProviderError:
+    """The typed error for an OpenAI-protocol failure: an HTTP status (None for an error event in
+    the stream), the provider's error code if it gave one, and the scrubbed text."""
     model = target.litellm_model
     lowered = detail.lower()
-    code = (getattr(exc, "code", None) or "").lower()
-    status = getattr(exc, "status_code", None)
-    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
-        return ProviderUnavailable(detail=detail, model=model)
-    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError) or code in _AUTH_CODES:
+    code = code.lower() if isinstance(code, str) else ""
+    if status in (401, 403) or code in _AUTH_CODES:
         return ProviderAuthError(detail=detail, model=model)
     if code in _QUOTA_CODES:
         return ProviderQuotaError(detail=detail, model=model)
-    if isinstance(exc, openai.RateLimitError) or code in _RATE_LIMIT_CODES:
+    if status == 429 or code in _RATE_LIMIT_CODES:
         if any(word in lowered for word in _QUOTA_WORDS):
             return ProviderQuotaError(detail=detail, model=model)
-        return ProviderRateLimited(retry_after=_retry_after(exc), detail=detail, model=model)
+        return ProviderRateLimited(retry_after=retry_after, detail=detail, model=model)
     if code in _CONTEXT_CODES or (
         (status in (400, 413, 422) or status is None) and any(word in lowered for word in _CONTEXT_WORDS)
     ):
         return ContextTooLong(detail=detail, model=model)
-    if isinstance(exc, openai.NotFoundError) or code in _NOT_FOUND_CODES:
+    if status == 404 or code in _NOT_FOUND_CODES:
         return ModelNotFound(detail=detail, model=model)
-    if isinstance(exc, openai.BadRequestError | openai.UnprocessableEntityError):
+    if status in (400, 422):
         return ProviderError(
             "The AI provider rejected the request.", detail=detail, code="bad_request", model=model
         )
-    if isinstance(exc, openai.InternalServerError) or (
-        isinstance(status, int) and (status >= 500 or status == 408)
-    ):
+    if status is not None and (status >= 500 or status == 408):
         return ProviderUnavailable(detail=detail, model=model)
     return ProviderError(detail=detail, model=model)
 
@@ -1128,11 +1331,13 @@ async def _open_stream(
     request_timeout: float,
 ) -> _OpenedStream:
     """Start a stream and read up to the first text, so failures up to there can still be retried."""
-    if _uses_openai_sdk(target):
+    if _streams_directly(target):
+        stream: Any = await _open_direct_stream(target, config, messages, params, request_timeout)
+    elif _uses_openai_sdk(target):
         request = await _sdk_request(target, config, messages, params, request_timeout)
         request.body["stream"] = True
         request.body["stream_options"] = {"include_usage": True}
-        stream: Any = await request.client.post(
+        stream = await request.client.post(
             "/chat/completions",
             cast_to=object,
             body=request.body,

@@ -38,7 +38,14 @@ from allting.testing.background_server import BackgroundServer
 DEFAULT_ANSWER = "Hello from the Allting stub model."
 DEFAULT_EMBEDDING_DIMENSIONS = 384
 DEFAULT_MODELS = ("stub-chat", "stub-embed", "stub-whisper")
-NAMED_ERRORS = ("insufficient_quota", "context_length_exceeded", "model_not_found", "disconnect_mid_stream")
+NAMED_ERRORS = (
+    "insufficient_quota",
+    "context_length_exceeded",
+    "model_not_found",
+    "disconnect_mid_stream",
+    "error_event_mid_stream",
+)
+MID_STREAM_ERRORS = ("disconnect_mid_stream", "error_event_mid_stream")
 
 
 @dataclass
@@ -208,13 +215,13 @@ def create_app(state: StubState) -> Starlette:
         model = body.get("model", "stub-chat")
         script = state.current_script
         error = state.take_error()
-        if error is not None and error != "disconnect_mid_stream":
+        if error is not None and error not in MID_STREAM_ERRORS:
             return _error_response(error, script, request, model)
         completion_id = f"chatcmpl-stub-{state.next_id()}"
         prompt_tokens = _count_words(body.get("messages", []))
         chunks = script.stream_chunks()
         if not body.get("stream"):
-            if error == "disconnect_mid_stream":
+            if error in MID_STREAM_ERRORS:
                 raise _ScriptedDisconnect
             if script.delay_per_token:
                 await asyncio.sleep(script.delay_per_token * len(chunks))
@@ -223,7 +230,7 @@ def create_app(state: StubState) -> Starlette:
             )
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         events = _stream_events(
-            state, script, completion_id, model, chunks, prompt_tokens, include_usage, error is not None
+            state, script, completion_id, model, chunks, prompt_tokens, include_usage, error
         )
         return StreamingResponse(
             events, media_type="text/event-stream", headers={"cache-control": "no-cache"}
@@ -316,7 +323,7 @@ async def _stream_events(
     chunks: list[str],
     prompt_tokens: int,
     include_usage: bool,
-    disconnect_midway: bool,
+    midway_error: str | None,
 ) -> AsyncIterator[bytes]:
     created = int(time.time())
     state.active_streams += 1
@@ -324,8 +331,16 @@ async def _stream_events(
     try:
         yield _chunk(completion_id, model, created, {"role": "assistant", "content": ""}, None)
         for index, piece in enumerate(chunks):
-            if disconnect_midway and index == len(chunks) // 2:
+            if midway_error == "disconnect_mid_stream" and index == len(chunks) // 2:
                 raise _ScriptedDisconnect
+            if midway_error == "error_event_mid_stream" and index == len(chunks) // 2:
+                # As vLLM reports a failure after the response has started: an error event, then the end.
+                error = {
+                    "message": "The context length was exceeded while generating",
+                    "code": "context_length_exceeded",
+                }
+                yield b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+                return
             if script.delay_per_token:
                 await asyncio.sleep(script.delay_per_token)
             yield _chunk(completion_id, model, created, {"content": piece}, None)
@@ -351,7 +366,7 @@ async def _stream_events(
         state.active_streams -= 1
         if finished:
             state.completed_streams += 1
-        elif not disconnect_midway:
+        elif midway_error is None:
             # The client went away before the end: the server cancelled this generator.
             state.cancelled_streams += 1
 
