@@ -20,7 +20,7 @@ from allting.platform.http import RequestContextMiddleware, install_error_handle
 from allting.platform.logging import get_logger
 from allting.platform.runtime import Runtime
 from allting.platform.settings import Settings, get_settings
-from allting.routes import api_router, health_router
+from allting.routes import API_PREFIX, HEALTH_PREFIX, api_routers, health_router
 from allting.web.web import install_web
 
 log = get_logger(__name__)
@@ -115,7 +115,8 @@ def create_app(*, runtime: Runtime | None = None, in_process_worker: bool = True
         """Swagger UI served from this server (front-end packages from npm), so the CSP stays strict."""
         return FileResponse(PACKAGE_DIR / "templates" / "api_docs.html")
 
-    app.include_router(health_router)
-    app.include_router(api_router)
+    app.include_router(health_router, prefix=HEALTH_PREFIX)
+    for router in api_routers:
+        app.include_router(router, prefix=API_PREFIX)
     install_web(app)
     return app
