@@ -12,19 +12,20 @@ import uuid
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import bindparam, func, insert, select, text
 from sqlalchemy.exc import DBAPIError
 
 from allting.jobs.models import Job
 from allting.platform.db import (
     APP_ROLE,
+    DriverStatement,
     app_engine,
     new_session,
     system_transaction,
     transaction,
 )
 from allting.platform.tenancy import CrossTenantWrite, set_tenant, tenant_tables
-from allting.users.models import UserGroup
+from allting.users.models import User, UserGroup
 
 PASSWORD = "a-long-enough-password"
 # Tables the fixture below fills for both tenants; every other tenant table is checked whenever
@@ -180,6 +181,53 @@ async def test_a_tenant_set_for_a_transaction_that_never_ran_is_not_left_on_the_
     for _ in range(5):  # whichever pooled connection comes next
         async with app_engine().connect() as connection:
             assert await connection.scalar(text("SELECT count(*) FROM users")) == 0
+
+
+_USERS_OF = DriverStatement(
+    select(func.count()).select_from(User).where(User.tenant_id == bindparam("tenant_id"))
+)
+_NEW_GROUP = DriverStatement(
+    insert(UserGroup.__table__).values(
+        id=bindparam("id"),
+        tenant_id=bindparam("tenant_id"),
+        name=bindparam("name"),
+        created_at=func.now(),
+        updated_at=func.now(),
+    )
+)
+
+
+async def test_driver_statements_see_only_the_sessions_tenant(tenants):
+    a, b = tenants
+    async with transaction() as db:
+        await set_tenant(db, a)
+        assert (await _USERS_OF.fetchrow(db, tenant_id=a))[0] == await _system_count("users", a) > 0
+        assert (await _USERS_OF.fetchrow(db, tenant_id=b))[0] == 0
+
+
+async def test_driver_statements_belong_to_the_sessions_transaction(tenants):
+    a, _ = tenants
+    group_id = uuid.uuid4()
+    async with new_session() as db:
+        await set_tenant(db, a)
+        await _NEW_GROUP.execute(db, id=group_id, tenant_id=a, name="Rolled back")
+        assert await db.get(UserGroup, group_id) is not None  # the ORM sees it: same transaction
+        await db.rollback()
+    async with system_transaction() as db:
+        assert await db.get(UserGroup, group_id) is None
+
+
+async def test_a_driver_statement_cannot_write_for_another_tenant(tenants):
+    a, b = tenants
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+        async with transaction() as db:
+            await set_tenant(db, a)
+            await _NEW_GROUP.execute(db, id=uuid.uuid4(), tenant_id=b, name="Elsewhere")
+
+
+def test_a_driver_statement_refuses_columns_left_to_python_side_defaults():
+    with pytest.raises(ValueError, match="created_at"):
+        DriverStatement(insert(UserGroup.__table__).values(id=bindparam("id"), name=bindparam("name")))
 
 
 # --- writing ----------------------------------------------------------------------------------

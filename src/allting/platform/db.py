@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends
-from sqlalchemy import DateTime, MetaData, event, exc, func
+from sqlalchemy import DateTime, Executable, MetaData, event, exc, func
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -115,6 +116,56 @@ def _literal(value: str) -> str:
 def driver_connection(connection: Any) -> Any:
     """The asyncpg connection under a SQLAlchemy (sync-facing) Connection."""
     return connection.connection.driver_connection
+
+
+async def transaction_driver_connection(db: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection of the session's transaction, its BEGIN sent (with the tenant, see
+    platform/tenancy.py), so statements run on it belong to the same transaction."""
+    connection = await db.connection()
+    adapted = connection.sync_connection.connection.dbapi_connection
+    # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with the first statement it runs itself.
+    if adapted._transaction is None:
+        await adapted._start_transaction()
+    return adapted.driver_connection
+
+
+_ASYNCPG_DIALECT = asyncpg_dialect()
+
+
+class DriverStatement:
+    """A Core statement compiled once, run on the asyncpg connection of a session's transaction.
+
+    For the few statements every question runs: SQLAlchemy's work per execution (cache key,
+    parameter and result processing, ORM loading) costs several times their round trip to the
+    database. Rows come back as asyncpg records, read by column name. Row-level security applies
+    as to any statement of the transaction; the ORM's tenant criteria do not, so a statement that
+    wants an index on tenant_id says so itself."""
+
+    def __init__(self, statement: Executable) -> None:
+        compiled = statement.compile(dialect=_ASYNCPG_DIALECT)
+        defaulted = [column.name for column in (*compiled.insert_prefetch, *compiled.update_prefetch)]
+        if defaulted:
+            raise ValueError(
+                f"Python-side defaults are not applied on the driver; give values for {defaulted}"
+            )
+        self.sql = compiled.string
+        self._parameters = [
+            (name, compiled.binds[name].type.dialect_impl(_ASYNCPG_DIALECT).bind_processor(_ASYNCPG_DIALECT))
+            for name in compiled.positiontup or ()
+        ]
+
+    def _arguments(self, values: dict[str, Any]) -> list[Any]:
+        return [
+            values[name] if process is None else process(values[name]) for name, process in self._parameters
+        ]
+
+    async def fetchrow(self, db: AsyncSession, **values: Any) -> asyncpg.Record | None:
+        connection = await transaction_driver_connection(db)
+        return await connection.fetchrow(self.sql, *self._arguments(values))
+
+    async def execute(self, db: AsyncSession, **values: Any) -> None:
+        connection = await transaction_driver_connection(db)
+        await connection.execute(self.sql, *self._arguments(values))
 
 
 def init_engines(urls: DatabaseUrls, *, pool_size: int = 10, max_overflow: int = 10) -> None:
