@@ -25,7 +25,7 @@ from allting.conversations.models import Citation, Conversation, Message
 from allting.deps import Ctx
 from allting.files import service as files_service
 from allting.files.storage import get_storage
-from allting.platform.db import transaction, utcnow
+from allting.platform.db import DriverStatement, transaction, utcnow
 from allting.platform.errors import Invalid, NotFound
 from allting.platform.logging import get_logger
 from allting.platform.tenancy import set_tenant
@@ -198,6 +198,48 @@ async def _image_parts(files) -> list[dict]:
     return parts
 
 
+_QUESTION_FIELDS = (
+    "id",
+    "tenant_id",
+    "created_at",
+    "updated_at",
+    "question",
+    "answer",
+    "status",
+    "model_id",
+    "model_name",
+    "provider_type",
+    "fallback_used",
+    "prompt_version",
+    "file_ids",
+)
+_CONVERSATION_FIELDS = ("user_id", "assistant_id", "space_id", "api_key_id", "title")
+
+
+def _parameters(table, names: tuple[str, ...], prefix: str = "") -> dict:
+    return {name: bindparam(prefix + name, type_=table.c[name].type) for name in names}
+
+
+# A new conversation and its first question in one statement (one round trip, no unit of work),
+# compiled once. The conversation shares the question's tenant and timestamps; row-level security
+# checks the tenant as for any other write.
+_NEW_CONVERSATION_AND_QUESTION = DriverStatement(
+    insert(Message.__table__)
+    .values(conversation_id=bindparam("conversation_id"), **_parameters(Message.__table__, _QUESTION_FIELDS))
+    .add_cte(
+        insert(Conversation.__table__)
+        .values(
+            id=bindparam("conversation_id"),
+            tenant_id=bindparam("tenant_id"),
+            created_at=bindparam("created_at"),
+            updated_at=bindparam("updated_at"),
+            **_parameters(Conversation.__table__, _CONVERSATION_FIELDS, "conversation_"),
+        )
+        .cte("new_conversation")
+    )
+)
+
+
 async def prepare_question(
     db: AsyncSession,
     ctx: Ctx,
@@ -274,28 +316,16 @@ async def prepare_question(
             "file_ids": [file.id for file in files],
         }
         if created:
-            # A new conversation and its first message in one statement (one round trip, no unit of
-            # work). The tenant is the caller's; row-level security checks it as for any other write.
             conversation_id = uuid.uuid4()
-            new_conversation = (
-                insert(Conversation.__table__)
-                .values(
-                    id=conversation_id,
-                    tenant_id=ctx.tenant_id,
-                    created_at=now,
-                    updated_at=now,
-                    user_id=ctx.user_id,
-                    assistant_id=assistant.id,
-                    space_id=space.id,
-                    api_key_id=ctx.api_key_id if ctx.actor_type == "assistant_key" else None,
-                    title=prompting.automatic_title(question),
-                )
-                .cte("new_conversation")
-            )
-            await db.execute(
-                insert(Message.__table__)
-                .values(conversation_id=conversation_id, **message_values)
-                .add_cte(new_conversation)
+            await _NEW_CONVERSATION_AND_QUESTION.execute(
+                db,
+                conversation_id=conversation_id,
+                conversation_user_id=ctx.user_id,
+                conversation_assistant_id=assistant.id,
+                conversation_space_id=space.id,
+                conversation_api_key_id=ctx.api_key_id if ctx.actor_type == "assistant_key" else None,
+                conversation_title=prompting.automatic_title(question),
+                **message_values,
             )
         else:
             conversation_id = conversation.id
@@ -389,13 +419,16 @@ _FINISHED_FIELDS = (
     "prompt_tokens",
     "completion_tokens",
     "completed_at",
+    "updated_at",
 )
-# The answer and its usage in one statement (one round trip), built once.
-_FINISH_MESSAGE_AND_RECORD_USAGE = ai_service.USAGE_INSERT.add_cte(
-    update(Message.__table__)
-    .where(Message.__table__.c.id == bindparam("message_id"))
-    .values({name: bindparam(name, type_=Message.__table__.c[name].type) for name in _FINISHED_FIELDS})
-    .cte("finished_message")
+# The answer and its usage in one statement (one round trip), compiled once.
+_FINISH_MESSAGE_AND_RECORD_USAGE = DriverStatement(
+    ai_service.USAGE_INSERT.add_cte(
+        update(Message.__table__)
+        .where(Message.__table__.c.id == bindparam("message_id"))
+        .values(_parameters(Message.__table__, _FINISHED_FIELDS))
+        .cte("finished_message")
+    )
 )
 
 
@@ -415,6 +448,7 @@ async def _record(prepared: PreparedQuestion, outcome: _Outcome, latency_ms: int
         prompting.estimate_tokens(outcome.answer),
         estimated=True,
     )
+    finished_at = utcnow()
     async with transaction() as db:
         await set_tenant(db, prepared.ctx.tenant_id)
         for citation in outcome.citations:
@@ -431,31 +465,30 @@ async def _record(prepared: PreparedQuestion, outcome: _Outcome, latency_ms: int
                     score=citation["score"],
                 )
             )
-        await db.execute(
-            _FINISH_MESSAGE_AND_RECORD_USAGE,
-            {
-                "message_id": prepared.message_id,
-                "answer": outcome.answer,
-                "status": outcome.status,
-                "error": outcome.error,
-                "model_id": model.id,
-                "model_name": model.name,
-                "provider_type": model.provider_type,
-                "fallback_used": outcome.served_by_index > 0,
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "completed_at": utcnow(),
-                **ai_service.usage_row(
-                    prepared.ctx,
-                    model,
-                    usage,
-                    target=target,
-                    latency_ms=latency_ms,
-                    space_id=prepared.space_id,
-                    assistant_id=prepared.assistant_id,
-                    outcome="success" if outcome.status == "complete" else outcome.status,
-                ),
-            },
+        await _FINISH_MESSAGE_AND_RECORD_USAGE.execute(
+            db,
+            message_id=prepared.message_id,
+            answer=outcome.answer,
+            status=outcome.status,
+            error=outcome.error,
+            model_id=model.id,
+            model_name=model.name,
+            provider_type=model.provider_type,
+            fallback_used=outcome.served_by_index > 0,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            completed_at=finished_at,
+            updated_at=finished_at,
+            **ai_service.usage_row(
+                prepared.ctx,
+                model,
+                usage,
+                target=target,
+                latency_ms=latency_ms,
+                space_id=prepared.space_id,
+                assistant_id=prepared.assistant_id,
+                outcome="success" if outcome.status == "complete" else outcome.status,
+            ),
         )
 
 
