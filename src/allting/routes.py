@@ -19,7 +19,9 @@ from allting.sysadmin import api as sysadmin_api
 from allting.users import api as users_api
 
 API_PREFIX = "/api/v1"
+# FastAPI tries routes in order: the busiest, asking, goes first.
 api_routers = [
+    conversations_api.router,
     auth_api.router,
     users_api.router,
     audit_api.router,
@@ -27,7 +29,6 @@ api_routers = [
     ai_api.router,
     spaces_api.router,
     assistants_api.router,
-    conversations_api.router,
     files_api.router,
     knowledge_api.router,
     sysadmin_api.router,
