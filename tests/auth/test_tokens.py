@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -225,6 +226,24 @@ async def test_an_expired_token_is_refused(organisation, client_at, settings):
         session_id=uuid.UUID(claims["sid"]),
         lifetime=timedelta(seconds=-120),
     )
+    response = await as_bearer(client_at(), token)
+    assert response.status_code == 401
+    assert response.json()["code"] == "invalid_token"
+
+
+async def test_a_token_accepted_before_is_refused_once_it_expires(organisation, client_at, settings):
+    person = await organisation.add("member")
+    claims = claims_of(person.access_token)
+    token, _ = issue_token(
+        settings.jwt_secret,
+        purpose="access",
+        user_id=uuid.UUID(claims["sub"]),
+        tenant_id=uuid.UUID(claims["tid"]),
+        session_id=uuid.UUID(claims["sid"]),
+        lifetime=timedelta(seconds=2),
+    )
+    assert (await as_bearer(client_at(), token)).status_code == 200
+    await asyncio.sleep(2.1)
     response = await as_bearer(client_at(), token)
     assert response.status_code == 401
     assert response.json()["code"] == "invalid_token"
