@@ -1,8 +1,10 @@
-"""Local embedding throughput: the gateway's `local` provider vs sentence-transformers directly.
+"""Local embedding throughput: the gateway's `local` provider (the model on ONNX Runtime) vs the
+same weights run by sentence-transformers on torch, the way the provider ran them before.
 
-Both sides encode the same texts with the same batch size and the same model instance; the
-gateway adds its async wrapper and the hop to a worker thread. Each configuration runs several
-times, alternating sides, and the median is reported.
+Both sides encode the same texts with the same batch size on the same number of threads
+(LOCAL_EMBEDDING_THREADS); the gateway adds its async wrapper and the hop to a worker thread.
+Each configuration runs several times, alternating sides, and the median is reported; the last
+line is the time one question takes on each side.
 
     .venv/bin/python bench/bench_embeddings.py [--texts 1024] [--repeats 5]
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import statistics
 import time
 
@@ -30,8 +33,19 @@ def _texts(count: int) -> list[str]:
     ]
 
 
+@functools.cache
+def _torch_model():
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from allting.platform.settings import get_settings
+
+    torch.set_num_threads(get_settings().local_embedding_threads)
+    return SentenceTransformer(str(local_embeddings._weights_path()), device="cpu", local_files_only=True)
+
+
 def _direct(texts: list[str], batch_size: int) -> float:
-    model = local_embeddings.get_model()
+    model = _torch_model()
     started = time.perf_counter()
     model.encode(
         texts,
@@ -55,7 +69,7 @@ async def run(count: int, repeats: int) -> None:
     _direct(texts[:64], 32)
     await _gateway(texts[:64], 32)
     print(f"{count} texts per run, median of {repeats} runs, CPU, texts/second")
-    header = f"{'batch':>5} | {'direct':>8} | {'gateway':>8} | {'ratio':>5}"
+    header = f"{'batch':>5} | {'torch':>8} | {'gateway':>8} | {'ratio':>5}"
     print(header)
     print("-" * len(header))
     for batch_size in BATCH_SIZES:
@@ -69,6 +83,14 @@ async def run(count: int, repeats: int) -> None:
                 direct_runs.append(_direct(texts, batch_size))
         direct, gateway = statistics.median(direct_runs), statistics.median(gateway_runs)
         print(f"{batch_size:>5} | {direct:>8.1f} | {gateway:>8.1f} | {gateway / direct:>5.3f}")
+    questions = [f"Hur ansöker jag om {TOPICS[n % len(TOPICS)]} nummer {n}?" for n in range(60)]
+    torch_ms = statistics.median(1000 / _direct([question], 1) for question in questions)
+    gateway_ms = []
+    for question in questions:
+        started = time.perf_counter()
+        await embed(LOCAL, [question], batch_size=1)
+        gateway_ms.append((time.perf_counter() - started) * 1000)
+    print(f"one question: torch {torch_ms:.1f} ms, gateway {statistics.median(gateway_ms):.1f} ms (median)")
 
 
 def main() -> None:

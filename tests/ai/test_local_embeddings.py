@@ -53,7 +53,42 @@ def test_model_is_loaded_once_even_under_concurrent_first_use():
     for thread in threads:
         thread.join()
     assert len({id(model) for model in seen}) == 1
-    assert str(seen[0].device) == "cpu"
+    assert seen[0].session.get_providers() == ["CPUExecutionProvider"]
+
+
+def test_the_exported_model_gives_the_vectors_of_the_original_weights():
+    # The reference: the bundled weights run by transformers with sentence-transformers' mean
+    # pooling and normalisation. Long texts are truncated at 256 tokens in both.
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    texts = ["Hur ansöker jag om bygglov för en altan?", "Parkering", "ord " * 400]
+    weights = str(local_embeddings._weights_path())
+    tokenizer = AutoTokenizer.from_pretrained(weights, local_files_only=True)
+    model = AutoModel.from_pretrained(weights, local_files_only=True).eval()
+    with torch.no_grad():
+        inputs = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        hidden = model(**inputs).last_hidden_state
+        mask = inputs["attention_mask"].unsqueeze(-1).float()
+        expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).tolist()
+    for vector, reference in zip(local_embeddings.encode(texts, batch_size=2), expected, strict=True):
+        assert max(abs(a - b) for a, b in zip(vector, reference, strict=True)) < 1e-5
+
+
+def test_the_exported_model_is_kept_in_the_data_directory_and_reused(monkeypatch):
+    loaded = local_embeddings.get_model()
+    path = local_embeddings.onnx_path()
+    assert path.is_file() and path.stat().st_size > 50 * 2**20
+    assert not list(path.parent.glob("*.partial"))
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the model was exported again")
+
+    monkeypatch.setattr(local_embeddings.subprocess, "run", no_export)
+    monkeypatch.setattr(local_embeddings, "_model", None)
+    reloaded = local_embeddings.get_model()
+    assert reloaded is not loaded
+    assert local_embeddings.encode(["Parkering"]) == loaded.encode(["Parkering"], 1).tolist()
 
 
 async def test_concurrent_questions_are_encoded_together_and_each_gets_its_own_vector(monkeypatch):
