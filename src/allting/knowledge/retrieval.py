@@ -30,6 +30,7 @@ incomparable scales, and a passage found by both rises to the top.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 import uuid
@@ -37,7 +38,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select, text
+import orjson
+from sqlalchemy import Integer, any_, bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import Text, Uuid
@@ -46,7 +48,8 @@ from allting.ai import gateway
 from allting.ai import service as ai_service
 from allting.ai.errors import ProviderError
 from allting.deps import Ctx
-from allting.knowledge.models import INDEXED_DIMENSIONS, Chunk, Collection, Document, Website
+from allting.knowledge.models import INDEXED_DIMENSIONS, Chunk, Document
+from allting.platform.db import DriverStatement
 from allting.platform.errors import AppError, TooManyRequests
 from allting.platform.logging import get_logger
 from allting.platform.tenancy import current_tenant, set_tenant
@@ -147,32 +150,31 @@ def fuse(ranked_lists: Sequence[Sequence[uuid.UUID]]) -> list[tuple[uuid.UUID, f
     return sorted(scores.items(), key=lambda item: item[1], reverse=True)
 
 
+# The given collections and websites that exist in this tenant, with their embedding model and the
+# passages their documents hold.
+_SOURCES = DriverStatement(
+    text(
+        "SELECT s.id, s.embedding_model_id, (SELECT coalesce(sum(d.chunk_count), 0) FROM documents AS d "
+        "WHERE d.tenant_id = :tenant AND (d.collection_id = s.id OR d.website_id = s.id) "
+        "AND d.chunk_count > 0) AS chunks "
+        "FROM (SELECT id, embedding_model_id FROM collections WHERE tenant_id = :tenant AND id = ANY(:collections) "
+        "UNION ALL SELECT id, embedding_model_id FROM websites WHERE tenant_id = :tenant AND id = ANY(:websites)) AS s"
+    ).bindparams(
+        bindparam("tenant", type_=Uuid()),
+        bindparam("collections", type_=_UUIDS),
+        bindparam("websites", type_=_UUIDS),
+    )
+)
+
+
 async def _sources(
     db: AsyncSession, collection_ids: list[uuid.UUID], website_ids: list[uuid.UUID]
 ) -> list[_Source]:
     """The given sources that exist in this tenant, with their model and passage counts."""
-    sources: dict[uuid.UUID, _Source] = {}
-    if collection_ids:
-        for source_id, model_id in await db.execute(
-            select(Collection.id, Collection.embedding_model_id).where(Collection.id.in_(collection_ids))
-        ):
-            sources[source_id] = _Source(source_id, model_id)
-    if website_ids:
-        for source_id, model_id in await db.execute(
-            select(Website.id, Website.embedding_model_id).where(Website.id.in_(website_ids))
-        ):
-            sources[source_id] = _Source(source_id, model_id)
-    if not sources:
-        return []
-    ids = list(sources)
-    counts = await db.execute(
-        select(Document.collection_id, Document.website_id, Document.chunk_count).where(
-            Document.collection_id.in_(ids) | Document.website_id.in_(ids), Document.chunk_count > 0
-        )
+    rows = await _SOURCES.fetch(
+        db, tenant=current_tenant(db), collections=collection_ids, websites=website_ids
     )
-    for collection_id, website_id, chunk_count in counts:
-        sources[collection_id or website_id].chunks += chunk_count
-    return list(sources.values())
+    return [_Source(row["id"], row["embedding_model_id"], int(row["chunks"])) for row in rows]
 
 
 @dataclass
@@ -223,7 +225,8 @@ async def embed_query(db: AsyncSession, ctx: Ctx, model_id: uuid.UUID, query: st
 
 
 def _vector_literal(vector: Sequence[float]) -> str:
-    return "[" + ",".join(repr(float(value)) for value in vector) + "]"
+    """pgvector's text form, which is a JSON array of numbers: orjson writes it in microseconds."""
+    return orjson.dumps(vector, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 async def vector_search(
@@ -252,14 +255,22 @@ async def vector_search(
         "k": k,
     }
     if exact:
-        rows = await db.execute(_vector_sql(dims, kind or "vector", exact=True), params)
-        return [(row.id, float(row.distance)) for row in rows]
+        rows = await _vector_sql(dims, kind or "vector", exact=True).fetch(db, **params)
+        return [(row["id"], float(row["distance"])) for row in rows]
     await _hnsw_settings(db)
     # HNSW hands out candidates only roughly in order; asking for more than needed and sorting
     # them exactly keeps the true top k when a filter leaves few rows near the question.
     params["k"] = max(k, HNSW_MIN_CANDIDATES)
-    rows = await db.execute(_vector_sql(dims, kind, exact=False), params)
-    return [(row.id, float(row.distance)) for row in rows][:k]
+    rows = await _vector_sql(dims, kind, exact=False).fetch(db, **params)
+    return [(row["id"], float(row["distance"])) for row in rows][:k]
+
+
+_HNSW_SETTINGS = DriverStatement(
+    text(
+        "SELECT set_config('hnsw.iterative_scan', :mode, true), set_config('hnsw.ef_search', :ef, true), "
+        "set_config('hnsw.max_scan_tuples', :tuples, true)"
+    )
+)
 
 
 async def _hnsw_settings(db: AsyncSession) -> None:
@@ -267,17 +278,14 @@ async def _hnsw_settings(db: AsyncSession) -> None:
     transaction = db.sync_session.get_transaction()
     if db.info.get("hnsw_settings_for") is transaction:
         return
-    await db.execute(
-        text(
-            "SELECT set_config('hnsw.iterative_scan', :mode, true), set_config('hnsw.ef_search', :ef, true), "
-            "set_config('hnsw.max_scan_tuples', :tuples, true)"
-        ),
-        {"mode": HNSW_ITERATIVE_SCAN, "ef": str(HNSW_EF_SEARCH), "tuples": str(HNSW_MAX_SCAN_TUPLES)},
+    await _HNSW_SETTINGS.fetch(
+        db, mode=HNSW_ITERATIVE_SCAN, ef=str(HNSW_EF_SEARCH), tuples=str(HNSW_MAX_SCAN_TUPLES)
     )
     db.info["hnsw_settings_for"] = transaction
 
 
-def _vector_sql(dims: int, kind: str, *, exact: bool):
+@functools.cache
+def _vector_sql(dims: int, kind: str, *, exact: bool) -> DriverStatement:
     """The nearest-neighbour statement; only an int and a type name from INDEXED_DIMENSIONS are spliced in."""
     # The question's vector is an InitPlan, parsed once: a cast of the parameter written inline
     # would be parsed again for every row once the server switches to a generic plan.
@@ -298,7 +306,15 @@ def _vector_sql(dims: int, kind: str, *, exact: bool):
             f"FROM chunk_vectors WHERE {where} ORDER BY {distance} LIMIT :k) "
             "SELECT id, distance FROM candidates ORDER BY distance"
         )
-    return text(sql).bindparams(bindparam("sources", type_=_UUIDS))
+    return DriverStatement(
+        text(sql).bindparams(
+            bindparam("vector", type_=Text()),
+            bindparam("tenant", type_=Uuid()),
+            bindparam("sources", type_=_UUIDS),
+            bindparam("model", type_=Uuid()),
+            bindparam("k", type_=Integer()),
+        )
+    )
 
 
 # The question's words under both stemmers, OR-ed. A word that either language drops as a stop
@@ -324,18 +340,32 @@ async def text_search(
 ) -> list[uuid.UUID]:
     """Chunk ids matching the question's words (or its quoted phrases), best ranked first. Words in
     `common` (see `common_words`) are left out of an unquoted question."""
-    quoted = bool(_QUOTED.search(query))
-    statement = text(
-        f"SELECT c.id FROM chunks AS c, (SELECT {_PHRASES if quoted else _ANY_WORD} AS query) AS q "  # noqa: S608 - constants only
-        "WHERE c.tenant_id = :tenant AND c.source_id = ANY(:sources) AND q.query IS NOT NULL "
-        "AND c.tsv @@ q.query ORDER BY ts_rank(c.tsv, q.query) DESC, c.id LIMIT :k"
-    ).bindparams(bindparam("sources", type_=_UUIDS))
     params = {"query": query, "tenant": current_tenant(db), "sources": source_ids, "k": k}
-    if not quoted:
-        statement = statement.bindparams(bindparam("common", type_=_WORDS))
-        params["common"] = list(common)
-    rows = await db.execute(statement, params)
-    return [row.id for row in rows]
+    if _QUOTED.search(query):
+        rows = await _TEXT_SEARCH_PHRASES.fetch(db, **params)
+    else:
+        rows = await _TEXT_SEARCH_WORDS.fetch(db, common=list(common), **params)
+    return [row["id"] for row in rows]
+
+
+def _text_search_statement(query: str, *extra) -> DriverStatement:
+    return DriverStatement(
+        text(
+            f"SELECT c.id FROM chunks AS c, (SELECT {query} AS query) AS q "  # noqa: S608 - constants only
+            "WHERE c.tenant_id = :tenant AND c.source_id = ANY(:sources) AND q.query IS NOT NULL "
+            "AND c.tsv @@ q.query ORDER BY ts_rank(c.tsv, q.query) DESC, c.id LIMIT :k"
+        ).bindparams(
+            bindparam("query", type_=Text()),
+            bindparam("tenant", type_=Uuid()),
+            bindparam("sources", type_=_UUIDS),
+            bindparam("k", type_=Integer()),
+            *extra,
+        )
+    )
+
+
+_TEXT_SEARCH_PHRASES = _text_search_statement(_PHRASES)
+_TEXT_SEARCH_WORDS = _text_search_statement(_ANY_WORD, bindparam("common", type_=_WORDS))
 
 
 # Words in at least this share of a large source's passages carry no signal for ranking (like
@@ -396,25 +426,28 @@ async def _refresh_common_words(tenant_id: uuid.UUID, source: _Source) -> None:
         _refreshing.pop(source.id, None)
 
 
+_PASSAGES = DriverStatement(
+    select(
+        Chunk.id,
+        Chunk.document_id,
+        Chunk.collection_id,
+        Chunk.website_id,
+        Chunk.text,
+        Chunk.page,
+        Chunk.heading,
+        Document.title,
+        Document.url,
+    )
+    .join(Document, Document.id == Chunk.document_id)
+    .where(Chunk.tenant_id == bindparam("tenant"), Chunk.id == any_(bindparam("ids", type_=_UUIDS)))
+)
+
+
 async def _passages(db: AsyncSession, fused: list[tuple[uuid.UUID, float]]) -> list[Passage]:
     if not fused:
         return []
-    rows = await db.execute(
-        select(
-            Chunk.id,
-            Chunk.document_id,
-            Chunk.collection_id,
-            Chunk.website_id,
-            Chunk.text,
-            Chunk.page,
-            Chunk.heading,
-            Document.title,
-            Document.url,
-        )
-        .join(Document, Document.id == Chunk.document_id)
-        .where(Chunk.id.in_([chunk_id for chunk_id, _ in fused]))
-    )
-    by_id = {row.id: row for row in rows}
+    rows = await _PASSAGES.fetch(db, tenant=current_tenant(db), ids=[chunk_id for chunk_id, _ in fused])
+    by_id = {row["id"]: row for row in rows}
     passages = []
     for chunk_id, score in fused:
         row = by_id.get(chunk_id)
@@ -422,15 +455,15 @@ async def _passages(db: AsyncSession, fused: list[tuple[uuid.UUID, float]]) -> l
             continue
         passages.append(
             Passage(
-                chunk_id=row.id,
-                document_id=row.document_id,
-                collection_id=row.collection_id,
-                website_id=row.website_id,
-                title=row.title,
-                text=row.text,
-                page=row.page,
-                heading=row.heading,
-                url=row.url,
+                chunk_id=row["id"],
+                document_id=row["document_id"],
+                collection_id=row["collection_id"],
+                website_id=row["website_id"],
+                title=row["title"],
+                text=row["text"],
+                page=row["page"],
+                heading=row["heading"],
+                url=row["url"],
                 score=round(score, 6),
             )
         )

@@ -159,6 +159,10 @@ class DriverStatement:
             values[name] if process is None else process(values[name]) for name, process in self._parameters
         ]
 
+    async def fetch(self, db: AsyncSession, **values: Any) -> list[asyncpg.Record]:
+        connection = await transaction_driver_connection(db)
+        return await connection.fetch(self.sql, *self._arguments(values))
+
     async def fetchrow(self, db: AsyncSession, **values: Any) -> asyncpg.Record | None:
         connection = await transaction_driver_connection(db)
         return await connection.fetchrow(self.sql, *self._arguments(values))
