@@ -6,12 +6,15 @@ import dataclasses
 import re
 import uuid
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import Request
 from fastapi.routing import APIRoute, iter_route_contexts
+from sqlalchemy import text
 
 from allting.main import create_app
+from allting.platform.db import DbSession, DriverStatement, transaction_driver_connection
 
 ERROR_KEYS = {"code", "message", "details", "correlation_id"}
 
@@ -95,6 +98,31 @@ async def test_an_unexpected_error_is_a_500_in_the_same_shape_without_internals(
     assert "secret" not in response.text and "RuntimeError" not in response.text
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["cache-control"] == "no-store"
+
+
+async def test_a_database_connection_lost_under_a_driver_statement_is_a_503(runtime):
+    app = fresh_app(runtime)
+    statement = DriverStatement(text("SELECT 1"))
+
+    async def lose_the_connection(db: DbSession) -> dict:
+        connection = await transaction_driver_connection(db)
+        superuser = await asyncpg.connect(
+            f"postgresql://postgres@/allting?host={runtime.services.postgres_socket_dir}"
+        )
+        try:
+            await superuser.execute("SELECT pg_terminate_backend($1)", connection.get_server_pid())
+        finally:
+            await superuser.close()
+        await statement.fetch(db)
+        return {}
+
+    app.add_api_route("/api/v1/test-lost-connection", lose_the_connection)
+    async with client_of(app, raise_app_exceptions=False) as client:
+        response = await client.get("/api/v1/test-lost-connection")
+        assert response.status_code == 503
+        assert error_of(response)["code"] == "service_unavailable"
+        assert response.headers["retry-after"]
+        assert (await client.get("/api/readyz")).status_code == 200
 
 
 # --- correlation id ---------------------------------------------------------------------------
