@@ -125,6 +125,28 @@ async def test_a_database_connection_lost_under_a_driver_statement_is_a_503(runt
         assert (await client.get("/api/readyz")).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+    ],
+)
+async def test_asyncpg_errors_of_a_lost_database_are_a_503(runtime, error):
+    # A driver statement raises asyncpg's errors, not SQLAlchemy's; when nothing else fails
+    # after it (here: no transaction to roll back), they must still read as an outage.
+    app = fresh_app(runtime)
+
+    async def lost() -> dict:
+        raise error
+
+    app.add_api_route("/api/v1/test-asyncpg-outage", lost)
+    async with client_of(app, raise_app_exceptions=False) as client:
+        response = await client.get("/api/v1/test-asyncpg-outage")
+    assert response.status_code == 503
+    assert error_of(response)["details"] == {"dependency": "postgres"}
+
+
 # --- correlation id ---------------------------------------------------------------------------
 
 

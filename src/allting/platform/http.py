@@ -296,13 +296,11 @@ def install_error_handlers(app: FastAPI) -> None:
         body["correlation_id"] = getattr(request.state, "correlation_id", None)
         return JSONResponse(body, status_code=503, headers={"Retry-After": UNAVAILABLE_RETRY_AFTER})
 
-    from asyncpg import InterfaceError, PostgresError
     from redis.exceptions import RedisError
     from sqlalchemy.exc import DBAPIError
 
     # Handled inside the exception middleware (not re-raised to the server, unlike `Exception`).
-    # The asyncpg types are those of driver statements (platform/db.py::DriverStatement).
-    for outage_type in (OSError, DBAPIError, RedisError, PostgresError, InterfaceError):
+    for outage_type in (OSError, DBAPIError, RedisError):
         app.add_exception_handler(outage_type, maybe_unavailable)
 
     @app.exception_handler(Exception)
