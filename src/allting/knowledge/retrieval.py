@@ -117,6 +117,8 @@ async def search(
     # full-text search: the two take similar time and need nothing from each other.
     embeddings = {model_id: await _start_embedding(db, ctx, model_id, query) for model_id in groups}
     try:
+        if any(sum(source.chunks for source in group) > EXACT_SEARCH_MAX for group in groups.values()):
+            await _hnsw_settings(db)  # now, while the question is embedded, rather than after
         common = common_words(ctx.tenant_id, sources)
         text_hits = await text_search(db, [source.id for source in sources], query, candidates, common)
         for model_id, group in groups.items():
