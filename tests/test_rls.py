@@ -225,6 +225,20 @@ async def test_a_driver_statement_cannot_write_for_another_tenant(tenants):
             await _NEW_GROUP.execute(db, id=uuid.uuid4(), tenant_id=b, name="Elsewhere")
 
 
+async def test_a_driver_statement_takes_values_written_into_it_and_requires_the_others(tenants):
+    a, _ = tenants
+    active_users = DriverStatement(
+        select(func.count())
+        .select_from(User)
+        .where(User.state == "active", User.tenant_id == bindparam("tenant_id"))
+    )
+    async with transaction() as db:
+        await set_tenant(db, a)
+        assert (await active_users.fetchrow(db, tenant_id=a))[0] == await _system_count("users", a)
+        with pytest.raises(KeyError, match="tenant_id"):
+            await active_users.fetchrow(db)
+
+
 def test_a_driver_statement_refuses_columns_left_to_python_side_defaults():
     with pytest.raises(ValueError, match="created_at"):
         DriverStatement(insert(UserGroup.__table__).values(id=bindparam("id"), name=bindparam("name")))

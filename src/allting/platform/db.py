@@ -153,11 +153,15 @@ class DriverStatement:
             (name, compiled.binds[name].type.dialect_impl(_ASYNCPG_DIALECT).bind_processor(_ASYNCPG_DIALECT))
             for name in compiled.positiontup or ()
         ]
+        # Values written into the statement (`kind == "completion"`) become parameters too.
+        self._fixed = {name: bind.value for name, bind in compiled.binds.items() if not bind.required}
 
     def _arguments(self, values: dict[str, Any]) -> list[Any]:
-        return [
-            values[name] if process is None else process(values[name]) for name, process in self._parameters
-        ]
+        arguments = []
+        for name, process in self._parameters:
+            value = values[name] if name in values or name not in self._fixed else self._fixed[name]
+            arguments.append(value if process is None else process(value))
+        return arguments
 
     async def fetch(self, db: AsyncSession, **values: Any) -> list[asyncpg.Record]:
         connection = await transaction_driver_connection(db)
