@@ -41,6 +41,14 @@ async def get_assistant_for(
         raise NotFound("Assistant not found")
     assistant, space = row
     role = await permissions.space_role(db, ctx, space)
+    check_access(assistant, role, action)
+    return assistant, space, role
+
+
+def check_access(assistant: Assistant, role: str | None, action: str) -> None:
+    """Whether someone of this role in the assistant's space may take `action` on it.
+
+    Viewers see published assistants only; anything the caller cannot see answers 404."""
     visible = permissions.allowed(role, "assistant", "read") and (
         assistant.published or assistant.is_default or permissions.allowed(role, "assistant", "edit")
     )
@@ -50,7 +58,6 @@ async def get_assistant_for(
         raise Forbidden(
             f"Your role in this space ({role}) does not allow this", code="space_permission_denied"
         )
-    return assistant, space, role
 
 
 async def _check_model(db: AsyncSession, space: Space, model_id: uuid.UUID | None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from allting.deps import Ctx
@@ -49,6 +49,21 @@ MATRIX: dict[str, dict[str, frozenset[str]]] = {
 
 async def space_role(db: AsyncSession, ctx: Ctx, space: Space) -> str | None:
     """The caller's role in the space, or None when they have no access."""
+    if space.kind != "shared" or ctx.actor_type == "sysadmin" or ctx.user_id is None:
+        return role_in(ctx, space, [])
+    roles = await db.scalars(member_roles(ctx.user_id).where(SpaceMember.space_id == space.id))
+    return role_in(ctx, space, list(roles))
+
+
+def member_roles(user_id: uuid.UUID | ColumnElement):
+    """The roles a person holds in spaces, directly or through a group; filter by space."""
+    group_ids = select(UserGroupMember.group_id).where(UserGroupMember.user_id == user_id)
+    return select(SpaceMember.role).where((SpaceMember.user_id == user_id) | SpaceMember.group_id.in_(group_ids))
+
+
+def role_in(ctx: Ctx, space: Space, roles: list[str]) -> str | None:
+    """The caller's role in the space given the roles they hold there as a member (directly or
+    through groups; only shared spaces have members)."""
     if space.kind == "personal":
         return "owner" if ctx.user_id is not None and space.owner_user_id == ctx.user_id else None
     if space.kind == "organisation":
@@ -57,13 +72,6 @@ async def space_role(db: AsyncSession, ctx: Ctx, space: Space) -> str | None:
         return "admin"
     if ctx.user_id is None:
         return None
-    group_ids = select(UserGroupMember.group_id).where(UserGroupMember.user_id == ctx.user_id)
-    roles = await db.scalars(
-        select(SpaceMember.role).where(
-            SpaceMember.space_id == space.id,
-            (SpaceMember.user_id == ctx.user_id) | SpaceMember.group_id.in_(group_ids),
-        )
-    )
     return max(roles, key=ROLE_RANK.__getitem__, default=None)
 
 
