@@ -14,7 +14,8 @@ The same levels are then measured for a second assistant whose collection holds 
 passages (default 10,000; written straight into the database with random unit vectors, since
 embedding them would take minutes): its questions also embed the question with the local model
 and run the hybrid search. "knowledge adds" is its paired p50 minus the one without knowledge.
-Last, the API's memory is sampled while 200 streams are open at once.
+Last, the CPU the API spends per question (200 questions one at a time) is compared with the
+stub's for the same answers, and the API's memory is sampled while 200 streams are open at once.
 
     .venv/bin/python bench/bench_chat.py [--rounds 10] [--passages 10000]
 """
@@ -40,6 +41,7 @@ import httpx
 
 LEVELS = (1, 10, 50)
 HELD_STREAMS = 200
+CPU_QUESTIONS = 200
 # Common domain words (most passages contain one) and a rarer one: full-text search has work to do.
 QUESTION = "Hur ansöker jag om bygglov för en altan vid skolan?"
 PASSWORD = "benchmark password 1"
@@ -328,6 +330,16 @@ async def main(rounds: int, passages: int) -> None:
             print(
                 "knowledge adds (paired p50): "
                 + ", ".join(f"{knowledge[level] - plain[level]:.1f} ms at {level}" for level in LEVELS)
+            )
+            # CPU per question, one question at a time: the API's against the stub's, which
+            # generates and streams the same answer.
+            api_cpu, stub_cpu = _cpu_seconds(api.pid), _cpu_seconds(stub.pid)
+            for _ in range(CPU_QUESTIONS):
+                await _allting(api_client, base, assistant_id)
+            api_cpu, stub_cpu = _cpu_seconds(api.pid) - api_cpu, _cpu_seconds(stub.pid) - stub_cpu
+            print(
+                f"CPU per question without knowledge: API {api_cpu / CPU_QUESTIONS * 1000:.1f} ms, "
+                f"stub {stub_cpu / CPU_QUESTIONS * 1000:.1f} ms ({CPU_QUESTIONS} questions one at a time)"
             )
             idle = _rss_mib(api.pid)
             slow = {"question": "Hello", "assistant_id": assistant_id, "stream": True}
