@@ -58,7 +58,9 @@ async def space_role(db: AsyncSession, ctx: Ctx, space: Space) -> str | None:
 def member_roles(user_id: uuid.UUID | ColumnElement):
     """The roles a person holds in spaces, directly or through a group; filter by space."""
     group_ids = select(UserGroupMember.group_id).where(UserGroupMember.user_id == user_id)
-    return select(SpaceMember.role).where((SpaceMember.user_id == user_id) | SpaceMember.group_id.in_(group_ids))
+    return select(SpaceMember.role).where(
+        (SpaceMember.user_id == user_id) | SpaceMember.group_id.in_(group_ids)
+    )
 
 
 def role_in(ctx: Ctx, space: Space, roles: list[str]) -> str | None:
