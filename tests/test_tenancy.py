@@ -371,6 +371,10 @@ async def world(app, settings, stub_llm):
         a = await Tenant.build(app, sysadmin, clients, stub_llm.url)
         b = await Tenant.build(app, sysadmin, clients, stub_llm.url)
         yield World(a=a, b=b, app=app)
+        # Their websites' first crawls are queued and no worker ran here: with the tenants gone,
+        # the next test's worker drops those jobs at once instead of crawling made-up sites.
+        for tenant in (a, b):
+            assert (await sysadmin.delete(f"/api/v1/sysadmin/tenants/{tenant.id}/")).status_code == 204
     for client in clients:
         await client.aclose()
 
