@@ -30,6 +30,20 @@ def b64(data: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
+def token_like(token: str, settings, *, purpose: str = "access", lifetime: timedelta) -> str:
+    """A token for the same person, organisation and session as `token`, signed with the real key."""
+    claims = claims_of(token)
+    issued, _ = issue_token(
+        settings.jwt_secret,
+        purpose=purpose,
+        user_id=uuid.UUID(claims["sub"]),
+        tenant_id=uuid.UUID(claims["tid"]),
+        session_id=uuid.UUID(claims["sid"]),
+        lifetime=lifetime,
+    )
+    return issued
+
+
 async def as_bearer(client, token: str):
     return await client.get(ME, headers={"Authorization": f"Bearer {token}"})
 
@@ -166,26 +180,11 @@ async def test_a_token_of_another_purpose_signed_with_the_real_key_is_refused(
     organisation, client_at, settings
 ):
     person = await organisation.add("member")
-    claims = claims_of(person.access_token)
     for purpose in ("web", "invite", "refresh", "oidc_state"):
-        token, _ = issue_token(
-            settings.jwt_secret,
-            purpose=purpose,
-            user_id=uuid.UUID(claims["sub"]),
-            tenant_id=uuid.UUID(claims["tid"]),
-            session_id=uuid.UUID(claims["sid"]),
-            lifetime=timedelta(minutes=5),
-        )
+        token = token_like(person.access_token, settings, purpose=purpose, lifetime=timedelta(minutes=5))
         assert (await as_bearer(client_at(), token)).status_code == 401, purpose
     # the same claims as an access token do work: the purpose alone made the difference
-    token, _ = issue_token(
-        settings.jwt_secret,
-        purpose="access",
-        user_id=uuid.UUID(claims["sub"]),
-        tenant_id=uuid.UUID(claims["tid"]),
-        session_id=uuid.UUID(claims["sid"]),
-        lifetime=timedelta(minutes=5),
-    )
+    token = token_like(person.access_token, settings, lifetime=timedelta(minutes=5))
     assert (await as_bearer(client_at(), token)).status_code == 200
 
 
@@ -217,15 +216,7 @@ async def test_a_tampered_token_is_refused(organisation, client_at):
 
 async def test_an_expired_token_is_refused(organisation, client_at, settings):
     person = await organisation.add("member")
-    claims = claims_of(person.access_token)
-    token, _ = issue_token(
-        settings.jwt_secret,
-        purpose="access",
-        user_id=uuid.UUID(claims["sub"]),
-        tenant_id=uuid.UUID(claims["tid"]),
-        session_id=uuid.UUID(claims["sid"]),
-        lifetime=timedelta(seconds=-120),
-    )
+    token = token_like(person.access_token, settings, lifetime=timedelta(seconds=-120))
     response = await as_bearer(client_at(), token)
     assert response.status_code == 401
     assert response.json()["code"] == "invalid_token"
@@ -233,15 +224,7 @@ async def test_an_expired_token_is_refused(organisation, client_at, settings):
 
 async def test_a_token_accepted_before_is_refused_once_it_expires(organisation, client_at, settings):
     person = await organisation.add("member")
-    claims = claims_of(person.access_token)
-    token, _ = issue_token(
-        settings.jwt_secret,
-        purpose="access",
-        user_id=uuid.UUID(claims["sub"]),
-        tenant_id=uuid.UUID(claims["tid"]),
-        session_id=uuid.UUID(claims["sid"]),
-        lifetime=timedelta(seconds=2),
-    )
+    token = token_like(person.access_token, settings, lifetime=timedelta(seconds=2))
     assert (await as_bearer(client_at(), token)).status_code == 200
     await asyncio.sleep(2.1)
     response = await as_bearer(client_at(), token)
