@@ -898,10 +898,8 @@ async def _open_direct_stream(
     assert target.api_base is not None
     allowed = _allowed_networks(config)
     await _check_endpoint(target, allowed, pinned=True)
-    model = _sdk_model_name(target)
-    body = _provider_params(target, model, params)
-    body.update({**(body.pop("extra_body", None) or {}), **(target.extra.get("extra_body") or {})})
-    body.update(model=model, messages=messages, stream=True, stream_options={"include_usage": True})
+    body = _chat_body(target, messages, params)
+    body.update(stream=True, stream_options={"include_usage": True})
     headers = {
         "Authorization": f"Bearer {target.api_key or 'none'}",
         "Content-Type": "application/json",
@@ -955,6 +953,16 @@ def _status_error(target: ModelTarget, status: int, headers: Any, text: str) -> 
     )
 
 
+def _chat_body(target: ModelTarget, messages: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body of an OpenAI-protocol chat call: the model's parameters, the target's extra
+    body fields, the model name as the provider knows it, and the messages."""
+    model = _sdk_model_name(target)
+    body = _provider_params(target, model, params)
+    body.update({**(body.pop("extra_body", None) or {}), **(target.extra.get("extra_body") or {})})
+    body.update(model=model, messages=messages)
+    return body
+
+
 @dataclass(frozen=True)
 class _SdkRequest:
     client: AsyncOpenAI
@@ -982,12 +990,7 @@ async def _sdk_request(
         client = _default_openai_client(target)
     else:
         raise ProviderError("An OpenAI-compatible model needs an endpoint URL.", code="endpoint_missing")
-    model = _sdk_model_name(target)
-    body = _provider_params(target, model, params)
-    extra_body = {**(body.pop("extra_body", None) or {}), **(target.extra.get("extra_body") or {})}
-    body.update(extra_body)
-    body["model"] = model
-    body["messages"] = messages
+    body = _chat_body(target, messages, params)
     options: dict[str, Any] = {"timeout": request_timeout}
     if target.extra.get("extra_headers"):
         options["headers"] = dict(target.extra["extra_headers"])
