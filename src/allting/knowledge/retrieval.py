@@ -116,8 +116,11 @@ async def search(
     # The question is embedded (in a worker thread or by a provider) while the database runs the
     # full-text search: the two take similar time and need nothing from each other.
     embeddings = {model_id: await _start_embedding(db, ctx, model_id, query) for model_id in groups}
+    passages_by_model = {
+        model_id: sum(source.chunks for source in group) for model_id, group in groups.items()
+    }
     try:
-        if any(sum(source.chunks for source in group) > EXACT_SEARCH_MAX for group in groups.values()):
+        if any(total > EXACT_SEARCH_MAX for total in passages_by_model.values()):
             await _hnsw_settings(db)  # now, while the question is embedded, rather than after
         common = common_words(ctx.tenant_id, sources)
         text_hits = await text_search(db, [source.id for source in sources], query, candidates, common)
@@ -131,7 +134,7 @@ async def search(
                 model_id=model_id,
                 vector=vector,
                 k=candidates,
-                total_chunks=sum(source.chunks for source in group),
+                total_chunks=passages_by_model[model_id],
             )
             ranked.append([chunk_id for chunk_id, _ in hits])
         ranked.append(text_hits)  # after the vectors: among equal scores the nearer passage comes first
