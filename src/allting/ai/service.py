@@ -30,7 +30,7 @@ from allting.ai.schemas import (
 from allting.audit import service as audit
 from allting.deps import Ctx
 from allting.platform import crypto
-from allting.platform.db import utcnow
+from allting.platform.db import column_parameters, utcnow
 from allting.platform.errors import Conflict, Invalid, NotFound, TooManyRequests
 from allting.platform.settings import get_settings
 
@@ -661,7 +661,7 @@ _USAGE_COLUMNS = (
     "outcome",
 )
 USAGE_INSERT = insert(UsageRecord.__table__).values(
-    {name: bindparam(f"usage_{name}", type_=UsageRecord.__table__.c[name].type) for name in _USAGE_COLUMNS}
+    column_parameters(UsageRecord.__table__, _USAGE_COLUMNS, "usage_")
 )
 """One usage row without the unit of work, built once; its parameters come from `usage_row`. The
 tenant is the caller's and row-level security checks it. Callers may add a CTE to write more in

@@ -26,7 +26,7 @@ from allting.conversations.models import Citation, Conversation, Message
 from allting.deps import Ctx
 from allting.files import service as files_service
 from allting.files.storage import get_storage
-from allting.platform.db import DriverStatement, transaction, utcnow
+from allting.platform.db import DriverStatement, column_parameters, transaction, utcnow
 from allting.platform.errors import Invalid, NotFound
 from allting.platform.logging import get_logger
 from allting.platform.tenancy import set_tenant
@@ -254,16 +254,14 @@ _QUESTION_FIELDS = (
 _CONVERSATION_FIELDS = ("user_id", "assistant_id", "space_id", "api_key_id", "title")
 
 
-def _parameters(table, names: tuple[str, ...], prefix: str = "") -> dict:
-    return {name: bindparam(prefix + name, type_=table.c[name].type) for name in names}
-
-
 # A new conversation and its first question in one statement (one round trip, no unit of work),
 # compiled once. The conversation shares the question's tenant and timestamps; row-level security
 # checks the tenant as for any other write.
 _NEW_CONVERSATION_AND_QUESTION = DriverStatement(
     insert(Message.__table__)
-    .values(conversation_id=bindparam("conversation_id"), **_parameters(Message.__table__, _QUESTION_FIELDS))
+    .values(
+        conversation_id=bindparam("conversation_id"), **column_parameters(Message.__table__, _QUESTION_FIELDS)
+    )
     .add_cte(
         insert(Conversation.__table__)
         .values(
@@ -271,7 +269,7 @@ _NEW_CONVERSATION_AND_QUESTION = DriverStatement(
             tenant_id=bindparam("tenant_id"),
             created_at=bindparam("created_at"),
             updated_at=bindparam("updated_at"),
-            **_parameters(Conversation.__table__, _CONVERSATION_FIELDS, "conversation_"),
+            **column_parameters(Conversation.__table__, _CONVERSATION_FIELDS, "conversation_"),
         )
         .cte("new_conversation")
     )
@@ -463,7 +461,7 @@ _FINISH_MESSAGE_AND_RECORD_USAGE = DriverStatement(
     ai_service.USAGE_INSERT.add_cte(
         update(Message.__table__)
         .where(Message.__table__.c.id == bindparam("message_id"))
-        .values(_parameters(Message.__table__, _FINISHED_FIELDS))
+        .values(column_parameters(Message.__table__, _FINISHED_FIELDS))
         .cte("finished_message")
     )
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends
-from sqlalchemy import DateTime, Executable, MetaData, event, exc, func
+from sqlalchemy import DateTime, Executable, MetaData, bindparam, event, exc, func
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -130,6 +130,12 @@ async def transaction_driver_connection(db: AsyncSession) -> asyncpg.Connection:
 
 
 _ASYNCPG_DIALECT = asyncpg_dialect()
+
+
+def column_parameters(table: Any, names: Sequence[str], prefix: str = "") -> dict[str, Any]:
+    """Bound parameters for the named columns of a table, typed as the columns, named `prefix` +
+    the column's name: the values of a statement built once and run many times."""
+    return {name: bindparam(prefix + name, type_=table.c[name].type) for name in names}
 
 
 class DriverStatement:
