@@ -165,7 +165,7 @@ class DriverStatement:
     def _arguments(self, values: dict[str, Any]) -> list[Any]:
         arguments = []
         for name, process in self._parameters:
-            value = values[name] if name in values or name not in self._fixed else self._fixed[name]
+            value = values[name] if name in values else self._fixed[name]
             arguments.append(value if process is None else process(value))
         return arguments
 
