@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from web_helpers import SCREENSHOTS, serious_violations, sign_in
+from web_helpers import SCREENSHOTS, serious_violations, sign_in, wait_for_ready_document
 
 from allting.worker import build_worker
 
@@ -59,7 +59,9 @@ async def test_upload_becomes_ready_live_and_an_assistant_cites_it(
     await section.locator("input[type=file]").set_input_files(
         {"name": "library.md", "mimeType": "text/markdown", "buffer": DOCUMENT.encode()}
     )
-    await section.locator('tr[data-status="ready"]', has_text="library").wait_for(timeout=30_000)
+    await wait_for_ready_document(
+        section.locator('tr[data-status="ready"]', has_text="library"), chat_org.owner.client
+    )
     assert await page.evaluate("() => window.__samePage === true")
     assert len(list_requests) <= 3, list_requests  # after the upload, and when the job has finished
 
@@ -118,10 +120,8 @@ async def test_a_colleague_with_the_page_open_sees_the_upload_become_ready_live(
         .set_input_files({"name": "plan.md", "mimeType": "text/markdown", "buffer": DOCUMENT.encode()})
     )
     # The colleague never reloads: the row appears and turns ready from the space's live events.
-    await (
-        watcher.locator(section)
-        .locator('tr[data-status="ready"]', has_text="Library services")
-        .wait_for(timeout=30_000)
+    await wait_for_ready_document(
+        watcher.locator(section).locator('tr[data-status="ready"]', has_text="Library services"), owner.client
     )
     assert await watcher.evaluate("() => window.__samePage === true")
     for page in pages:

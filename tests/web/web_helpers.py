@@ -31,3 +31,31 @@ async def serious_violations(page) -> list[dict]:
         for v in result["violations"]
         if v["impact"] in ("serious", "critical")
     ]
+
+
+async def wait_for_ready_document(row, client, timeout_ms: int = 30_000) -> None:
+    """Wait for a document's row to show it ready; if it does not, fail with what the API and the
+    job queue say, so a slow or failed ingestion, or a queue busy with other organisations' jobs, can
+    be told apart from a page that missed its live update."""
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
+    from sqlalchemy import text
+
+    from allting.platform.db import system_transaction
+
+    try:
+        await row.wait_for(timeout=timeout_ms)
+    except PlaywrightTimeout:
+        jobs = (await client.get("/api/v1/jobs/")).json()
+        async with system_transaction() as db:
+            unfinished = (
+                await db.execute(
+                    text(
+                        "SELECT task, status, count(*) FROM jobs"
+                        " WHERE status IN ('queued', 'running') GROUP BY task, status"
+                    )
+                )
+            ).all()
+        raise AssertionError(
+            f"no ready row within {timeout_ms} ms; the caller's jobs: {jobs};"
+            f" unfinished jobs of every organisation: {[tuple(row) for row in unfinished]}"
+        ) from None
