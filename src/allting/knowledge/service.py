@@ -29,6 +29,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 from sqlalchemy import delete, event, func, select
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -775,7 +776,7 @@ async def _website_views(db: AsyncSession, websites: list[Website], role: str) -
         newest = (
             select(CrawlRun)
             .where(CrawlRun.website_id.in_(ids))
-            .distinct(CrawlRun.website_id)
+            .ext(distinct_on(CrawlRun.website_id))
             .order_by(CrawlRun.website_id, CrawlRun.created_at.desc())
         )
         latest = {run.website_id: run for run in await db.scalars(newest)}
