@@ -1,6 +1,11 @@
 import asyncio
+import fcntl
 import math
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 from allting.ai import local_embeddings
 from allting.ai.gateway import ModelTarget, embed
@@ -89,6 +94,26 @@ def test_the_exported_model_is_kept_in_the_cache_directory_and_reused(monkeypatc
     reloaded = local_embeddings.get_model()
     assert reloaded is not loaded
     assert local_embeddings.encode(["Parkering"]) == loaded.encode(["Parkering"], 1).tolist()
+
+
+def test_a_process_finding_another_exporting_waits_for_that_model_instead_of_exporting_again(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = local_embeddings.onnx_path()
+    path.parent.mkdir(parents=True)
+    show = "from allting.ai import local_embeddings as m; print(m.ensure_exported().read_text())"
+    with open(path.parent / f"{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # this test plays the process already exporting
+        starting = subprocess.Popen([sys.executable, "-c", show], stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while "->" not in Path("/proc/locks").read_text():  # the newcomer waits on the lock
+            assert starting.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        path.write_text("the model the other process exported")
+    output, _ = starting.communicate(timeout=60)
+    assert starting.returncode == 0
+    assert output.strip() == "the model the other process exported" == path.read_text()
 
 
 async def test_concurrent_questions_are_encoded_together_and_each_gets_its_own_vector(monkeypatch):

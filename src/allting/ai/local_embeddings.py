@@ -18,6 +18,7 @@ machine, where a single question then took 90 ms at the median and 600 ms at wor
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import importlib.metadata
 import os
 import subprocess
@@ -126,10 +127,16 @@ def ensure_exported() -> Path:
     once). `allting serve` calls it in the background at start, so that the first question to an
     assistant with knowledge does not wait for it."""
     path = onnx_path()
-    with _export_lock:
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The API and workers of a machine starting together export once: the others wait on the lock
+    # file, then find the model. The child writes a temporary file and renames it, so a reader
+    # never sees half a model, and an export killed midway leaves nothing in the way.
+    with _export_lock, open(path.parent / f"{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists():
-            # A child process, so torch is never imported here. It writes a temporary file and
-            # renames it, so processes exporting at once each leave a whole file.
+            # A child process, so torch is never imported here.
             export = subprocess.run(
                 [sys.executable, "-m", "allting.ai.local_embeddings", str(path)],
                 capture_output=True,
