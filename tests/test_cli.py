@@ -67,7 +67,7 @@ class Server:
 
 
 def _server_processes(data_dir: Path) -> list[str]:
-    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     return [line for line in listing.splitlines() if str(data_dir) in line and "pytest" not in line]
 
 
