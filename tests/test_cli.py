@@ -37,11 +37,11 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, **env: str) -> None:
+    def __init__(self, data_dir: Path, *options: str, **env: str) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [*ALLTING, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [*ALLTING, "serve", "--host", "127.0.0.1", "--port", str(self.port), *options],
             env=_env(data_dir, **env),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -110,6 +110,36 @@ def test_serve_starts_empty_stops_cleanly_and_restarts_with_data_intact(tmp_path
     assert [group["name"] for group in groups] == ["Social services"]
     again.stop()
     assert _server_processes(data_dir) == []
+
+
+def _api_processes_of(pid: int) -> list[int]:
+    listing = subprocess.run(
+        ["ps", "-ww", "-eo", "pid,ppid,args"], capture_output=True, text=True, check=True
+    ).stdout
+    rows = [line.split(None, 2) for line in listing.splitlines()[1:]]
+    return [int(row[0]) for row in rows if int(row[1]) == pid and "spawn_main" in row[2]]
+
+
+def test_serve_with_several_processes_shares_one_installation_and_stops_it_whole(tmp_path):
+    data_dir = tmp_path / "data"
+    server = Server(data_dir, "--processes", "2", **ADMIN)
+    try:
+        server.wait_healthy()
+        assert len(_api_processes_of(server.process.pid)) == 2
+        # Each request may reach either process: all of them see the same organisation and its data.
+        token = _login(server.url).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        created = httpx.post(
+            f"{server.url}/api/v1/groups/", json={"name": "Byggnadsnämnden"}, headers=headers
+        )
+        assert created.status_code == 201, created.text
+        for _ in range(10):
+            groups = httpx.get(f"{server.url}/api/v1/groups/", headers=headers, timeout=10).json()
+            assert [group["name"] for group in groups] == ["Byggnadsnämnden"]
+    finally:
+        server.stop()
+    assert server.process.returncode in (0, -signal.SIGTERM)
+    assert _server_processes(data_dir) == []  # the API processes and the embedded servers
 
 
 def test_serve_exports_the_local_embedding_model_in_the_background_once_per_machine(tmp_path):

@@ -72,6 +72,9 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
     worker: Annotated[bool, typer.Option(help="Run background workers in this process")] = True,
+    processes: Annotated[
+        int, typer.Option(min=1, help="API processes sharing the port; one per CPU core uses them all")
+    ] = 1,
 ) -> None:
     """Start the web app and API (and a worker), with embedded PostgreSQL and Redis unless URLs are set."""
     import uvicorn
@@ -83,14 +86,45 @@ def serve(
         typer.echo(f"Data directory: {settings.data_dir}", err=True)
     if not _wait_for_services(settings):
         return
-    uvicorn.run(
-        create_app(in_process_worker=worker),
-        host=host,
-        port=port,
-        log_config=None,
-        proxy_headers=False,
-        timeout_graceful_shutdown=10,
-    )
+    server_options = {
+        "host": host,
+        "port": port,
+        "log_config": None,
+        "proxy_headers": False,
+        "timeout_graceful_shutdown": 10,
+    }
+    if processes == 1:
+        uvicorn.run(create_app(in_process_worker=worker), **server_options)
+        return
+    _serve_processes(settings, processes, worker, server_options)
+
+
+def _serve_processes(settings, processes: int, worker: bool, server_options: dict) -> None:
+    """Start the embedded servers and prepare the database here, once; then let uvicorn run the
+    API in `processes` processes that share the port, and stop the servers after they have ended."""
+    import os
+
+    import uvicorn
+
+    from allting.main import IN_PROCESS_WORKER_VARIABLE, first_run
+    from allting.platform import runtime
+
+    async def prepare() -> runtime.Runtime:
+        active = await runtime.start(settings)
+        try:
+            await first_run(settings)
+        except BaseException:
+            await runtime.stop(active)
+            raise
+        await runtime.close_connections()
+        return active
+
+    prepared = asyncio.run(prepare())
+    os.environ[IN_PROCESS_WORKER_VARIABLE] = "1" if worker else "0"
+    try:
+        uvicorn.run("allting.main:create_served_app", factory=True, workers=processes, **server_options)
+    finally:
+        prepared.stop_services()
 
 
 @app.command("worker")

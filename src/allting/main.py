@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +18,7 @@ from allting import __version__
 from allting.platform import runtime as runtime_module
 from allting.platform.db import system_transaction
 from allting.platform.http import RequestContextMiddleware, install_error_handlers
-from allting.platform.logging import get_logger
+from allting.platform.logging import configure_logging, get_logger
 from allting.platform.runtime import Runtime
 from allting.platform.settings import Settings, get_settings
 from allting.routes import API_PREFIX, HEALTH_PREFIX, api_routers, health_router
@@ -60,6 +61,19 @@ async def _export_local_embeddings() -> None:
         await asyncio.to_thread(local_embeddings.ensure_exported)
     except Exception:  # the first question that needs the model tries again and reports it
         log.exception("local_embeddings.export_failed")
+
+
+# Set by `allting serve --processes N` for the processes it starts: whether each runs a worker.
+IN_PROCESS_WORKER_VARIABLE = "ALLTING_SERVE_IN_PROCESS_WORKER"
+
+
+def create_served_app() -> FastAPI:
+    """The application in one of the API processes `allting serve --processes N` starts. The first
+    process started the embedded servers and prepared the database; these find them running and
+    leave them to it."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(in_process_worker=os.environ.get(IN_PROCESS_WORKER_VARIABLE) != "0")
 
 
 def create_app(*, runtime: Runtime | None = None, in_process_worker: bool = True) -> FastAPI:

@@ -275,8 +275,12 @@ async def open_connections(runtime: Runtime) -> None:
     await queue.get_queue().connect()
 
 
-async def stop(runtime: Runtime) -> None:
+async def close_connections() -> None:
     await queue.close_queue()
     await redis.close_redis()
     await db.dispose_engines()
+
+
+async def stop(runtime: Runtime) -> None:
+    await close_connections()
     runtime.stop_services()
