@@ -66,29 +66,49 @@ def _wait(url: str, timeout: float = 120) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def _wait_until_idle(pid: int, timeout: float = 120) -> None:
+def _api_processes(pid: int) -> list[int]:
+    """The `allting serve` process and the API processes uvicorn spawned for it (with --processes),
+    not the embedded Redis or a model export it may also have started."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                spawned = b"spawn_main" in (entry / "cmdline").read_bytes()
+                if spawned and int(_stat(int(entry.name))[1]) == pid:
+                    children.append(int(entry.name))
+            except OSError:
+                continue
+    return [pid, *children]
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    return sum(int(_stat(pid)[11]) + int(_stat(pid)[12]) for pid in pids) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_until_idle(pids: list[int], timeout: float = 120) -> None:
     """Wait for the server's background start-up work (LiteLLM is imported after it is ready) to
     finish, so it does not compete with the first measurements."""
     deadline = time.monotonic() + timeout
-    last = _cpu_seconds(pid)
+    last = _cpu_seconds(pids)
     while time.monotonic() < deadline:
         time.sleep(1.0)
-        now = _cpu_seconds(pid)
+        now = _cpu_seconds(pids)
         if now - last < 0.05:
             return
         last = now
 
 
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def _rss_mib(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 async def _direct(client: httpx.AsyncClient, stub_url: str) -> float:
@@ -270,7 +290,7 @@ HEADER = (
 )
 
 
-async def main(rounds: int, passages: int) -> None:
+async def main(rounds: int, passages: int, processes: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="allting-bench-chat-"))
     stub_port, api_port = _free_port(), _free_port()
     stub_url = f"http://127.0.0.1:{stub_port}/v1"
@@ -298,7 +318,10 @@ async def main(rounds: int, passages: int) -> None:
         "LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
     }
     api = subprocess.Popen(
-        [sys.executable, "-m", "allting", "serve", "--port", str(api_port), "--no-worker"],
+        [
+            *(sys.executable, "-m", "allting", "serve", "--port", str(api_port), "--no-worker"),
+            *("--processes", str(processes)),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -306,6 +329,7 @@ async def main(rounds: int, passages: int) -> None:
     try:
         _wait(f"{stub_url}/models")
         _wait(f"{base}/api/readyz")
+        api_pids = _api_processes(api.pid)
         token, assistant_id, space_id = await _setup(base, stub_url)
         knowledge_id = await _knowledge_assistant(base, token, space_id, tmp / "data", passages)
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
@@ -319,8 +343,8 @@ async def main(rounds: int, passages: int) -> None:
                 await _direct(direct_client, stub_url)
                 await _allting(api_client, base, assistant_id)
                 await _allting(api_client, base, knowledge_id)
-            _wait_until_idle(api.pid)
-            print(f"rounds per level: {rounds}")
+            _wait_until_idle(api_pids)
+            print(f"rounds per level: {rounds}, API processes: {processes}")
             print("without knowledge")
             print(HEADER)
             plain = await _levels(direct_client, api_client, stub_url, base, assistant_id, rounds)
@@ -333,15 +357,15 @@ async def main(rounds: int, passages: int) -> None:
             )
             # CPU per question, one question at a time: the API's against the stub's, which
             # generates and streams the same answer.
-            api_cpu, stub_cpu = _cpu_seconds(api.pid), _cpu_seconds(stub.pid)
+            api_cpu, stub_cpu = _cpu_seconds(api_pids), _cpu_seconds([stub.pid])
             for _ in range(CPU_QUESTIONS):
                 await _allting(api_client, base, assistant_id)
-            api_cpu, stub_cpu = _cpu_seconds(api.pid) - api_cpu, _cpu_seconds(stub.pid) - stub_cpu
+            api_cpu, stub_cpu = _cpu_seconds(api_pids) - api_cpu, _cpu_seconds([stub.pid]) - stub_cpu
             print(
                 f"CPU per question without knowledge: API {api_cpu / CPU_QUESTIONS * 1000:.1f} ms, "
                 f"stub {stub_cpu / CPU_QUESTIONS * 1000:.1f} ms ({CPU_QUESTIONS} questions one at a time)"
             )
-            idle = _rss_mib(api.pid)
+            idle = _rss_mib(api_pids)
             slow = {"question": "Hello", "assistant_id": assistant_id, "stream": True}
 
             async def hold() -> None:
@@ -354,7 +378,7 @@ async def main(rounds: int, passages: int) -> None:
             tasks = [asyncio.create_task(hold()) for _ in range(HELD_STREAMS)]
             peak = idle
             while not all(task.done() for task in tasks):
-                peak = max(peak, _rss_mib(api.pid))
+                peak = max(peak, _rss_mib(api_pids))
                 await asyncio.sleep(0.01)
             await asyncio.gather(*tasks)
             print(
@@ -371,5 +395,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--passages", type=int, default=10_000)
+    parser.add_argument("--processes", type=int, default=1, help="API processes (allting serve --processes)")
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.rounds, arguments.passages))
+    asyncio.run(main(arguments.rounds, arguments.passages, arguments.processes))
