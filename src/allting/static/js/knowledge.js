@@ -119,11 +119,16 @@
     });
   }
 
+  // Loads of one collection may answer out of order (one started at the upload's answer, one at the
+  // job's end): only the latest started may draw, or an older list could hide the finished state.
+  var latestLoad = {};
   function load(section) {
     var id = section.getAttribute("data-collection-id");
+    var mine = (latestLoad[id] || 0) + 1;
+    latestLoad[id] = mine;
     return fetch("/api/v1/collections/" + id + "/documents/?limit=200", { credentials: "same-origin" })
       .then(function (response) { if (!response.ok) throw new Error(String(response.status)); return response.json(); })
-      .then(function (page) { renderDocuments(section, page.items || []); });
+      .then(function (page) { if (latestLoad[id] === mine) renderDocuments(section, page.items || []); });
   }
 
   function loadAll() {
