@@ -152,6 +152,59 @@ async def test_a_failed_document_says_why(page, live_url, chat_org, worker):
     assert text.strip(), text
 
 
+async def test_document_lists_answering_out_of_order_show_the_newest_and_never_go_back(
+    page, live_url, chat_org
+):
+    space = (await chat_org.owner.client.post("/api/v1/spaces/", json={"name": "Ordning"})).json()
+    collection = (
+        await chat_org.owner.client.post(
+            "/api/v1/collections/", json={"space_id": space["id"], "name": "Protokoll"}
+        )
+    ).json()
+    await sign_in(page, live_url, chat_org.owner.email, chat_org.owner.password)
+    await page.goto(f"{live_url}/spaces/{space['id']}/knowledge")
+    await page.locator('#knowledge[data-live="open"]').wait_for()
+    section = page.locator(f'.collection[data-collection-id="{collection["id"]}"]')
+
+    # Each list the page asks for after an upload is fetched at once, then held until released.
+    held = []
+
+    async def hold(route):
+        held.append((route, await route.fetch()))
+
+    await page.route("**/documents/?limit=200", hold)
+
+    async def upload_and_hold_its_list(name):
+        count = len(held)
+        await section.locator("input[type=file]").set_input_files(
+            {"name": name, "mimeType": "text/plain", "buffer": f"Protokoll {name}".encode()}
+        )
+        for _ in range(200):
+            if len(held) > count:
+                return held[-1]
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no document list was asked for after uploading {name}")
+
+    rows = section.locator("tbody tr")
+    first = await upload_and_hold_its_list("alfa.txt")
+    second = await upload_and_hold_its_list("bravo.txt")
+    # The older list comes back alone: it is drawn rather than thrown away for a newer one still out.
+    await first[0].fulfill(response=first[1])
+    await section.locator("tr", has_text="alfa").wait_for()
+    await second[0].fulfill(response=second[1])
+    await section.locator("tr", has_text="bravo").wait_for()
+
+    third = await upload_and_hold_its_list("charlie.txt")
+    fourth = await upload_and_hold_its_list("delta.txt")
+    # The newer list comes back first: the older one arriving after it must not take delta away.
+    await fourth[0].fulfill(response=fourth[1])
+    await section.locator("tr", has_text="delta").wait_for()
+    await third[0].fulfill(response=third[1])
+    await page.evaluate("() => new Promise((done) => setTimeout(done, 300))")
+    assert await rows.count() == 4
+    assert await section.locator("tr", has_text="delta").count() == 1
+
+
 async def test_a_lost_live_connection_reconnects(page, live_url, chat_org):
     space = (await chat_org.owner.client.post("/api/v1/spaces/", json={"name": "Nät"})).json()
     await sign_in(page, live_url, chat_org.owner.email, chat_org.owner.password)

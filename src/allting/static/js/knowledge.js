@@ -119,16 +119,22 @@
     });
   }
 
-  // Loads of one collection may answer out of order (one started at the upload's answer, one at the
-  // job's end): only the latest started may draw, or an older list could hide the finished state.
-  var latestLoad = {};
+  // Loads of one collection may answer out of order (one started at the upload's answer, one when a
+  // job event arrives first): an answer draws unless a later-started load has already drawn, so an
+  // older list can neither hide the finished state nor be thrown away when it is the only one back.
+  var startedLoads = {};
+  var drawnLoads = {};
   function load(section) {
     var id = section.getAttribute("data-collection-id");
-    var mine = (latestLoad[id] || 0) + 1;
-    latestLoad[id] = mine;
+    var mine = (startedLoads[id] || 0) + 1;
+    startedLoads[id] = mine;
     return fetch("/api/v1/collections/" + id + "/documents/?limit=200", { credentials: "same-origin" })
       .then(function (response) { if (!response.ok) throw new Error(String(response.status)); return response.json(); })
-      .then(function (page) { if (latestLoad[id] === mine) renderDocuments(section, page.items || []); });
+      .then(function (page) {
+        if (mine < (drawnLoads[id] || 0)) return;
+        drawnLoads[id] = mine;
+        renderDocuments(section, page.items || []);
+      });
   }
 
   function loadAll() {
