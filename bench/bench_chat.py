@@ -8,7 +8,10 @@ at 1, 10 and 50 concurrent streams:
   - allting: a streaming POST to /api/v1/conversations/ as a signed-in user, stopped at the first
              `text` event — authentication, access checks, request building, budget check,
              storing the question, the gateway, and SSE re-encoding.
-Both read their streams to the end. "paired p50" is the median over rounds of the per-round
+Both read their streams to the end, with aiohttp: a load generator built on httpx spent about
+8 ms of CPU per stream and took most of a core at 50 streams, which slowed the direct calls as
+much as Allting and hid what Allting adds; aiohttp's C parser costs about a tenth of that, and
+each line prints the load generator's CPU per stream so it can be checked. "paired p50" is the median over rounds of the per-round
 difference of p50s, which cancels drift from other load on this shared machine.
 The same levels are then measured for a second assistant whose collection holds --passages
 passages (default 10,000; written straight into the database with random unit vectors, since
@@ -36,6 +39,7 @@ import time
 import uuid
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import httpx
 
@@ -111,40 +115,42 @@ def _rss_mib(pids: list[int]) -> float:
     return total
 
 
-async def _direct(client: httpx.AsyncClient, stub_url: str) -> float:
+async def _direct(client: aiohttp.ClientSession, stub_url: str) -> float:
     started = time.perf_counter()
     first = None
     body = {"model": "stub-chat", "stream": True, "messages": [{"role": "user", "content": "Hello"}]}
-    async with client.stream("POST", f"{stub_url}/chat/completions", json=body) as response:
-        async for line in response.aiter_lines():
-            if first is None and line.startswith("data:") and _has_text(line[5:]):
+    async with client.post(f"{stub_url}/chat/completions", json=body) as response:
+        async for line in response.content:
+            if first is None and line.startswith(b"data:") and _has_text(line[5:]):
                 first = time.perf_counter() - started
     return first
 
 
-def _has_text(payload: str) -> bool:
+def _has_text(payload: bytes) -> bool:
     """Whether an OpenAI stream chunk carries answer text (the role-only first chunk does not)."""
-    if payload.strip() == "[DONE]":
+    if payload.strip() == b"[DONE]":
         return False
     choices = json.loads(payload).get("choices") or [{}]
     return bool(choices[0].get("delta", {}).get("content"))
 
 
-async def _allting(client: httpx.AsyncClient, base: str, assistant_id: str) -> float:
+async def _allting(client: aiohttp.ClientSession, base: str, assistant_id: str) -> float:
     started = time.perf_counter()
     first = None
     body = {"question": QUESTION, "assistant_id": assistant_id, "stream": True}
-    async with client.stream("POST", f"{base}/api/v1/conversations/", json=body) as response:
-        async for line in response.aiter_lines():
-            if first is None and line.startswith("event: text"):
+    async with client.post(f"{base}/api/v1/conversations/", json=body) as response:
+        async for line in response.content:
+            if first is None and line.startswith(b"event: text"):
                 first = time.perf_counter() - started
     return first
 
 
-async def _round(level: int, call) -> tuple[list[float], float]:
-    started = time.perf_counter()
+async def _round(level: int, call) -> tuple[list[float], float, float]:
+    """First-token times of `level` concurrent calls, the round's wall time, and the CPU this
+    process (the load generator) spent on it."""
+    started, cpu = time.perf_counter(), time.process_time()
     samples = await asyncio.gather(*(call() for _ in range(level)))
-    return list(samples), time.perf_counter() - started
+    return list(samples), time.perf_counter() - started, time.process_time() - cpu
 
 
 def _p(values: list[float], q: float) -> float:
@@ -267,26 +273,30 @@ async def _levels(direct_client, api_client, stub_url, base, assistant_id, round
     paired_by_level = {}
     for level in LEVELS:
         direct_all, api_all, paired, direct_time, api_time = [], [], [], 0.0, 0.0
+        direct_cpu, api_cpu = 0.0, 0.0
         for _ in range(rounds):
-            d, d_elapsed = await _round(level, lambda: _direct(direct_client, stub_url))
-            a, a_elapsed = await _round(level, lambda: _allting(api_client, base, assistant_id))
+            d, d_elapsed, d_cpu = await _round(level, lambda: _direct(direct_client, stub_url))
+            a, a_elapsed, a_cpu = await _round(level, lambda: _allting(api_client, base, assistant_id))
             direct_all += d
             api_all += a
             direct_time += d_elapsed
             api_time += a_elapsed
+            direct_cpu += d_cpu
+            api_cpu += a_cpu
             paired.append(statistics.median(a) * 1000 - statistics.median(d) * 1000)
         paired_by_level[level] = statistics.median(paired)
         print(
             f"{level:>7} {_p(direct_all, 0.5):10.1f} {_p(api_all, 0.5):11.1f} "
             f"{_p(api_all, 0.5) - _p(direct_all, 0.5):9.1f} {paired_by_level[level]:10.1f} "
-            f"{_p(direct_all, 0.95):10.1f} {_p(api_all, 0.95):11.1f} {direct_time / api_time:9.2f}"
+            f"{_p(direct_all, 0.95):10.1f} {_p(api_all, 0.95):11.1f} {direct_time / api_time:9.2f} "
+            f"{direct_cpu / len(direct_all) * 1000:>6.2f} / {api_cpu / len(api_all) * 1000:.2f}"
         )
     return paired_by_level
 
 
 HEADER = (
     f"{'streams':>7} {'direct p50':>10} {'allting p50':>11} {'added p50':>9} {'paired p50':>10} "
-    f"{'direct p95':>10} {'allting p95':>11} {'thr ratio':>9}"
+    f"{'direct p95':>10} {'allting p95':>11} {'thr ratio':>9} load generator CPU/stream (direct / allting, ms)"
 )
 
 
@@ -332,11 +342,15 @@ async def main(rounds: int, passages: int, processes: int) -> None:
         api_pids = _api_processes(api.pid)
         token, assistant_id, space_id = await _setup(base, stub_url)
         knowledge_id = await _knowledge_assistant(base, token, space_id, tmp / "data", passages)
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        timeout = aiohttp.ClientTimeout(total=60)
         async with (
-            httpx.AsyncClient(timeout=60, limits=limits) as direct_client,
-            httpx.AsyncClient(
-                timeout=60, limits=limits, headers={"Authorization": f"Bearer {token}"}
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=HELD_STREAMS), timeout=timeout
+            ) as direct_client,
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=HELD_STREAMS),
+                timeout=timeout,
+                headers={"Authorization": f"Bearer {token}"},
             ) as api_client,
         ):
             for _ in range(3):
@@ -369,8 +383,8 @@ async def main(rounds: int, passages: int, processes: int) -> None:
             slow = {"question": "Hello", "assistant_id": assistant_id, "stream": True}
 
             async def hold() -> None:
-                async with api_client.stream("POST", f"{base}/api/v1/conversations/", json=slow) as response:
-                    async for _ in response.aiter_lines():
+                async with api_client.post(f"{base}/api/v1/conversations/", json=slow) as response:
+                    async for _ in response.content:
                         pass
 
             # More streams than any round above opened at once, so the figure is not hidden by
