@@ -12,9 +12,16 @@ import pytest
 from fastapi import Request
 from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from allting.main import create_app
-from allting.platform.db import DbSession, DriverStatement, transaction_driver_connection
+from allting.platform.db import (
+    DbSession,
+    DriverStatement,
+    SettingsOnBeginConnection,
+    get_db,
+    transaction_driver_connection,
+)
 
 ERROR_KEYS = {"code", "message", "details", "correlation_id"}
 
@@ -145,6 +152,40 @@ async def test_asyncpg_errors_of_a_lost_database_are_a_503(runtime, error):
         response = await client.get("/api/v1/test-asyncpg-outage")
     assert response.status_code == 503
     assert error_of(response)["details"] == {"dependency": "postgres"}
+
+
+async def test_a_request_finding_every_pooled_connection_busy_gets_a_503_and_the_pool_recovers(runtime):
+    app = fresh_app(runtime)
+    engine = create_async_engine(
+        runtime.urls.app,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=0.2,
+        connect_args={"connection_class": SettingsOnBeginConnection},
+    )
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def pooled_db():
+        async with sessions() as db, db.begin():
+            yield db
+
+    async def count(db: DbSession) -> dict:
+        return {"one": (await db.execute(text("SELECT 1"))).scalar_one()}
+
+    app.dependency_overrides[get_db] = pooled_db
+    app.add_api_route("/api/v1/test-pool", count)
+    try:
+        async with client_of(app, raise_app_exceptions=False) as client:
+            async with engine.connect() as held:
+                await held.execute(text("SELECT 1"))  # the pool's only connection, kept busy
+                response = await client.get("/api/v1/test-pool")
+                assert response.status_code == 503
+                assert error_of(response)["details"] == {"dependency": "postgres"}
+                assert response.headers["retry-after"]
+            response = await client.get("/api/v1/test-pool")
+            assert response.status_code == 200 and response.json() == {"one": 1}
+    finally:
+        await engine.dispose()
 
 
 # --- correlation id ---------------------------------------------------------------------------

@@ -182,12 +182,13 @@ class DriverStatement:
         await connection.execute(self.sql, *self._arguments(values))
 
 
-def init_engines(urls: DatabaseUrls, *, pool_size: int = 10, max_overflow: int = 10) -> None:
+def init_engines(urls: DatabaseUrls, *, pool_size: int, max_overflow: int, pool_timeout: float) -> None:
     """Create the application and system engines; the owner URL is only used by migrations."""
     _engines.app = create_async_engine(
         urls.app,
         pool_size=pool_size,
         max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
         pool_recycle=1800,
         connect_args={"connection_class": SettingsOnBeginConnection},
     )

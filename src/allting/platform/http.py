@@ -136,6 +136,7 @@ def dependency_outage(exc: BaseException) -> str | None:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
     from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -144,6 +145,8 @@ def dependency_outage(exc: BaseException) -> str | None:
         if isinstance(current, RedisConnectionError | RedisTimeoutError):
             return "redis"
         if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return "postgres"
+        if isinstance(current, PoolTimeoutError):  # every pooled connection stayed busy
             return "postgres"
         sqlstate = getattr(current, "sqlstate", None)
         # Class 08: connection exceptions; 57P01-57P03: shutdown, crash shutdown, cannot connect now.
@@ -298,9 +301,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     from redis.exceptions import RedisError
     from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
     # Handled inside the exception middleware (not re-raised to the server, unlike `Exception`).
-    for outage_type in (OSError, DBAPIError, RedisError):
+    for outage_type in (OSError, DBAPIError, RedisError, PoolTimeoutError):
         app.add_exception_handler(outage_type, maybe_unavailable)
 
     @app.exception_handler(Exception)

@@ -269,7 +269,12 @@ async def start(settings: Settings, *, run_migrations: bool = True) -> Runtime:
 
 async def open_connections(runtime: Runtime) -> None:
     settings = runtime.settings
-    db.init_engines(runtime.urls, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+    db.init_engines(
+        runtime.urls,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+    )
     redis.init_redis(runtime.redis_url)
     queue.init_queue(runtime.redis_url)
     await queue.get_queue().connect()

@@ -73,8 +73,14 @@ class Settings(BaseSettings):
     login_max_failures_per_address: int = 50
     login_failure_window_seconds: int = 900
 
-    db_pool_size: int = 10
-    db_max_overflow: int = 10
+    # Connections are kept rather than opened for a burst and closed after it: a new connection
+    # costs its start-up, asyncpg's type lookups and every statement's preparation again, which
+    # under 50 concurrent questions took more CPU than the questions themselves. Requests beyond
+    # the pool wait for a connection (each holds one for a few milliseconds) for up to
+    # DB_POOL_TIMEOUT seconds, then get 503 with Retry-After.
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int = Field(default=0, ge=0)
+    db_pool_timeout: float = Field(default=10.0, gt=0)
     worker_concurrency: int = 4
     # Threads torch may use for each encode of the local embedding model. One keeps questions
     # steady on a busy machine; a dedicated worker with spare cores ingests faster with more.
