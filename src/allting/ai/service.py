@@ -428,8 +428,12 @@ async def prepare_call(
         if model.fallback_model_ids
         else []
     )
-    # Models tied to an account need no lookup of the tenant's accounts; that saves a query per question.
-    needs_accounts = any(candidate.provider_id is None for candidate in (model, *fallback_models))
+    # Models tied to an account, and the built-in local model, need no lookup of the tenant's
+    # accounts; that saves a query per question (and per question searching knowledge).
+    needs_accounts = any(
+        candidate.provider_id is None and candidate.provider_type != "local"
+        for candidate in (model, *fallback_models)
+    )
     accounts = await _accounts_by_type(db) if needs_accounts else {}
     target = target_for(model, accounts)
     order = {fallback_id: index for index, fallback_id in enumerate(model.fallback_model_ids or [])}
