@@ -345,12 +345,14 @@ async def main(rounds: int, passages: int, processes: int) -> None:
         token, assistant_id, space_id = await _setup(base, stub_url)
         knowledge_id = await _knowledge_assistant(base, token, space_id, tmp / "data", passages)
         timeout = aiohttp.ClientTimeout(total=60)
+        # Idle connections are dropped before the servers' own 5 s keep-alive ends, so none is
+        # reused just as the server closes it.
         async with (
             aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=HELD_STREAMS), timeout=timeout
+                connector=aiohttp.TCPConnector(limit=HELD_STREAMS, keepalive_timeout=3), timeout=timeout
             ) as direct_client,
             aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=HELD_STREAMS),
+                connector=aiohttp.TCPConnector(limit=HELD_STREAMS, keepalive_timeout=3),
                 timeout=timeout,
                 headers={"Authorization": f"Bearer {token}"},
             ) as api_client,
