@@ -379,7 +379,9 @@ class _PinnedSession:
                 limit=1000,
                 limit_per_host=0,
                 ttl_dns_cache=_ENDPOINT_CHECK_TTL,
-                keepalive_timeout=5.0,
+                # Below the 5 s after which uvicorn-based servers (vLLM among them) close an idle
+                # connection: reusing one just as the server closes it fails the call once.
+                keepalive_timeout=4.0,
                 ssl=httpx2.create_ssl_context(trust_env=False),
             )
             self._session = aiohttp.ClientSession(
