@@ -128,17 +128,22 @@ async def test_a_colleague_with_the_page_open_sees_the_upload_become_ready_live(
         await page.context.close()
 
 
-async def test_a_failed_document_says_why(page, live_url, chat_org, worker):
-    space = (await chat_org.owner.client.post("/api/v1/spaces/", json={"name": "Fel"})).json()
+async def _collection_on_a_live_knowledge_page(page, live_url, owner, space_name, collection_name):
+    """A new space with one collection, its knowledge page open and live: the collection's section."""
+    space = (await owner.client.post("/api/v1/spaces/", json={"name": space_name})).json()
     collection = (
-        await chat_org.owner.client.post(
-            "/api/v1/collections/", json={"space_id": space["id"], "name": "Trasigt"}
+        await owner.client.post(
+            "/api/v1/collections/", json={"space_id": space["id"], "name": collection_name}
         )
     ).json()
-    await sign_in(page, live_url, chat_org.owner.email, chat_org.owner.password)
+    await sign_in(page, live_url, owner.email, owner.password)
     await page.goto(f"{live_url}/spaces/{space['id']}/knowledge")
     await page.locator('#knowledge[data-live="open"]').wait_for()
-    section = page.locator(f'.collection[data-collection-id="{collection["id"]}"]')
+    return page.locator(f'.collection[data-collection-id="{collection["id"]}"]')
+
+
+async def test_a_failed_document_says_why(page, live_url, chat_org, worker):
+    section = await _collection_on_a_live_knowledge_page(page, live_url, chat_org.owner, "Fel", "Trasigt")
     # A PDF that is not one: accepted by its name and magic bytes, unreadable when parsed.
     await section.locator("input[type=file]").set_input_files(
         {"name": "broken.pdf", "mimeType": "application/pdf", "buffer": b"%PDF-1.4\n%broken\n" + b"x" * 200}
@@ -155,16 +160,9 @@ async def test_a_failed_document_says_why(page, live_url, chat_org, worker):
 async def test_document_lists_answering_out_of_order_show_the_newest_and_never_go_back(
     page, live_url, chat_org
 ):
-    space = (await chat_org.owner.client.post("/api/v1/spaces/", json={"name": "Ordning"})).json()
-    collection = (
-        await chat_org.owner.client.post(
-            "/api/v1/collections/", json={"space_id": space["id"], "name": "Protokoll"}
-        )
-    ).json()
-    await sign_in(page, live_url, chat_org.owner.email, chat_org.owner.password)
-    await page.goto(f"{live_url}/spaces/{space['id']}/knowledge")
-    await page.locator('#knowledge[data-live="open"]').wait_for()
-    section = page.locator(f'.collection[data-collection-id="{collection["id"]}"]')
+    section = await _collection_on_a_live_knowledge_page(
+        page, live_url, chat_org.owner, "Ordning", "Protokoll"
+    )
 
     # Each list the page asks for after an upload is fetched at once, then held until released.
     held = []
