@@ -10,9 +10,10 @@ at 1, 10 and 50 concurrent streams:
              storing the question, the gateway, and SSE re-encoding.
 Both read their streams to the end, with aiohttp: a load generator built on httpx spent about
 8 ms of CPU per stream and took most of a core at 50 streams, which slowed the direct calls as
-much as Allting and hid what Allting adds; aiohttp's C parser costs about a tenth of that, and
-each line prints the load generator's CPU per stream so it can be checked. "paired p50" is the median over rounds of the per-round
-difference of p50s, which cancels drift from other load on this shared machine.
+much as Allting and hid what Allting adds; aiohttp's C parser costs a fraction of that, and each
+line prints the load generator's CPU per stream so it can be checked. "paired p50" is the median
+over rounds of the per-round difference of p50s, which cancels drift from other load on this
+shared machine.
 The same levels are then measured for a second assistant whose collection holds --passages
 passages (default 10,000; written straight into the database with random unit vectors, since
 embedding them would take minutes): its questions also embed the question with the local model
