@@ -157,9 +157,11 @@ async def test_reconciler_hands_over_a_queued_job_that_redis_lost(org, worker, m
     monkeypatch.setattr("allting.platform.queue.send_after_commit", _drop_pending)
     job_id = await _create(org, "tests.record_effect", {"marker": marker})
     monkeypatch.undo()
-    monkeypatch.setattr(settings, "job_reconcile_queued_after_seconds", 0)
     await asyncio.sleep(0.3)
     assert (await org.owner.client.get(f"/api/v1/jobs/{job_id}/")).json()["status"] == "queued"
+    # Only now: with it set earlier, the worker's own scheduled reconciler could hand the job over
+    # during the pause, if a minute began then.
+    monkeypatch.setattr(settings, "job_reconcile_queued_after_seconds", 0)
     assert await reconcile() >= 1
     job = await _wait_for(org, job_id, ("succeeded", "failed"))
     assert job["status"] == "succeeded"
