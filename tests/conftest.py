@@ -7,6 +7,7 @@ Tests are isolated by fresh tenants: every `tenant` fixture creates a new organi
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -16,7 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-_DATA_DIR = Path(os.environ.get("ALLTING_TEST_DATA_DIR") or tempfile.mkdtemp(prefix="allting-test-"))
+# A data directory made here is removed when the run ends (about 50 MB of PostgreSQL files per run);
+# one named by ALLTING_TEST_DATA_DIR is kept for inspection.
+_CHOSEN_DATA_DIR = os.environ.get("ALLTING_TEST_DATA_DIR")
+_DATA_DIR = Path(_CHOSEN_DATA_DIR or tempfile.mkdtemp(prefix="allting-test-"))
 os.environ["ALLTING_DATA_DIR"] = str(_DATA_DIR)
 os.environ.setdefault("LOG_FORMAT", "json")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
@@ -35,6 +39,12 @@ from allting.platform.settings import get_settings  # noqa: E402
 get_settings.cache_clear()
 # The application's own log set-up, so the secret scrubbing runs in tests too.
 configure_logging(os.environ["LOG_LEVEL"], os.environ["LOG_FORMAT"])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Runs after the session's fixtures are torn down, so the embedded servers have stopped."""
+    if not _CHOSEN_DATA_DIR:
+        shutil.rmtree(_DATA_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,7 @@ async def test_no_page_is_wider_than_a_phone(browser, live_url, chat_org):
         if width > 390:
             wider[path] = width
     await page.goto(f"{live_url}/admin/ai")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SCREENSHOTS / "admin-ai-phone.png"), full_page=True)
     await context.close()
     assert wider == {}

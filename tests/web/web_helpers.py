@@ -7,10 +7,10 @@ import tempfile
 from pathlib import Path
 
 AXE = Path(__file__).resolve().parents[2] / "node_modules" / "axe-core" / "axe.min.js"
-# Screenshots go to a scratch folder; refresh the ones in docs/ with
+# Screenshots go to one scratch folder, overwritten by each run; refresh the ones in docs/ with
 # ALLTING_SCREENSHOT_DIR=docs/screenshots make test-slow
 SCREENSHOTS = Path(
-    os.environ.get("ALLTING_SCREENSHOT_DIR") or tempfile.mkdtemp(prefix="allting-screenshots-")
+    os.environ.get("ALLTING_SCREENSHOT_DIR") or Path(tempfile.gettempdir()) / "allting-screenshots"
 )
 
 
