@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -408,6 +409,7 @@ async def main(rounds: int, passages: int, processes: int) -> None:
         for process in (api, stub):
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
