@@ -16,8 +16,11 @@ over rounds of the per-round difference of p50s, which cancels drift from other 
 shared machine.
 The same levels are then measured for a second assistant whose collection holds --passages
 passages (default 10,000; written straight into the database with random unit vectors, since
-embedding them would take minutes): its questions also embed the question with the local model
-and run the hybrid search. "knowledge adds" is its paired p50 minus the one without knowledge.
+embedding them would take minutes): each question is also embedded and runs the hybrid search.
+"knowledge adds" is its paired p50 minus the one without knowledge. This is measured twice: with
+the question embedded by the built-in local model, which competes for this machine's cores with
+everything else, and by an embedding model the stub serves, as a provider (OpenAI, Azure, a
+self-hosted embedding server) would, like the stub serves the answers.
 Last, the CPU the API spends per question (200 questions one at a time) is compared with the
 stub's for the same answers, and the API's memory is sampled while 200 streams are open at once.
 
@@ -160,7 +163,8 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def _setup(base: str, stub_url: str) -> tuple[str, str]:
+async def _setup(base: str, stub_url: str) -> tuple[str, str, str, str]:
+    """The admin's token, personal assistant and space, and an embedding model served by the stub."""
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         token = (
             await client.post("/api/v1/users/login/token/", data={"username": EMAIL, "password": PASSWORD})
@@ -188,12 +192,27 @@ async def _setup(base: str, stub_url: str) -> tuple[str, str]:
                 "is_default": True,
             },
         )
+        embedding_model = (
+            await client.post(
+                "/api/v1/ai-models/",
+                json={
+                    "kind": "embedding",
+                    "name": "stub-embed",
+                    "provider_id": provider["id"],
+                    "dimensions": 384,
+                    "is_enabled": True,
+                },
+            )
+        ).json()
         personal = (await client.get("/api/v1/spaces/type/personal/")).json()
-        return token, personal["default_assistant"]["id"], personal["id"]
+        return token, personal["default_assistant"]["id"], personal["id"], embedding_model["id"]
 
 
-async def _knowledge_assistant(base: str, token: str, space_id: str, data_dir: Path, passages: int) -> str:
-    """An assistant over a collection of `passages` passages in the caller's personal space."""
+async def _knowledge_assistant(
+    base: str, token: str, space_id: str, data_dir: Path, passages: int, embedding_model_id: str | None = None
+) -> str:
+    """An assistant over a collection of `passages` passages in the caller's personal space, embedded
+    by the given model (by default the tenant's default, the built-in local model)."""
     import numpy as np
     from pgvector.asyncpg import register_vector
 
@@ -202,7 +221,10 @@ async def _knowledge_assistant(base: str, token: str, space_id: str, data_dir: P
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=base, timeout=30, headers=headers) as client:
         collection = (
-            await client.post("/api/v1/collections/", json={"space_id": space_id, "name": "Bench"})
+            await client.post(
+                "/api/v1/collections/",
+                json={"space_id": space_id, "name": "Bench", "embedding_model_id": embedding_model_id},
+            )
         ).json()
     socket_dir = next(data_dir.rglob("postmaster.pid")).read_text().splitlines()[4]
     connection = await asyncpg.connect(f"postgresql://postgres@/allting?host={socket_dir}")
@@ -344,8 +366,11 @@ async def main(rounds: int, passages: int, processes: int) -> None:
         _wait(f"{stub_url}/models")
         _wait(f"{base}/api/readyz")
         api_pids = _api_processes(api.pid)
-        token, assistant_id, space_id = await _setup(base, stub_url)
+        token, assistant_id, space_id, stub_embedding_id = await _setup(base, stub_url)
         knowledge_id = await _knowledge_assistant(base, token, space_id, tmp / "data", passages)
+        provider_knowledge_id = await _knowledge_assistant(
+            base, token, space_id, tmp / "data", passages, stub_embedding_id
+        )
         timeout = aiohttp.ClientTimeout(total=60)
         # Idle connections are dropped before the servers' own 5 s keep-alive ends, so none is
         # reused just as the server closes it.
@@ -363,18 +388,25 @@ async def main(rounds: int, passages: int, processes: int) -> None:
                 await _direct(direct_client, stub_url)
                 await _allting(api_client, base, assistant_id)
                 await _allting(api_client, base, knowledge_id)
+                await _allting(api_client, base, provider_knowledge_id)
             _wait_until_idle(api_pids)
             print(f"rounds per level: {rounds}, API processes: {processes}")
             print("without knowledge")
             print(HEADER)
             plain = await _levels(direct_client, api_client, stub_url, base, assistant_id, rounds)
-            print(f"with a collection of {passages:,} passages")
-            print(HEADER)
-            knowledge = await _levels(direct_client, api_client, stub_url, base, knowledge_id, rounds)
-            print(
-                "knowledge adds (paired p50): "
-                + ", ".join(f"{knowledge[level] - plain[level]:.1f} ms at {level}" for level in LEVELS)
-            )
+            for label, knowledge_assistant_id in (
+                ("the built-in local embedding model, on this machine's cores", knowledge_id),
+                ("an embedding model served by the stub, as a provider", provider_knowledge_id),
+            ):
+                print(f"with a collection of {passages:,} passages, questions embedded by {label}")
+                print(HEADER)
+                knowledge = await _levels(
+                    direct_client, api_client, stub_url, base, knowledge_assistant_id, rounds
+                )
+                print(
+                    "knowledge adds (paired p50): "
+                    + ", ".join(f"{knowledge[level] - plain[level]:.1f} ms at {level}" for level in LEVELS)
+                )
             # CPU per question, one question at a time: the API's against the stub's, which
             # generates and streams the same answer.
             api_cpu, stub_cpu = _cpu_seconds(api_pids), _cpu_seconds([stub.pid])
