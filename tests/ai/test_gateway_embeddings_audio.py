@@ -1,7 +1,21 @@
+import litellm
 import pytest
 
-from allting.ai.errors import ProviderAuthError, ProviderUnavailable
-from allting.ai.gateway import ModelTarget, PriceOverride, Usage, embed, estimate_cost, transcribe
+from allting.ai.errors import (
+    ProviderAuthError,
+    ProviderEndpointBlocked,
+    ProviderError,
+    ProviderUnavailable,
+)
+from allting.ai.gateway import (
+    GatewayConfig,
+    ModelTarget,
+    PriceOverride,
+    Usage,
+    embed,
+    estimate_cost,
+    transcribe,
+)
 from allting.testing.stub_llm import deterministic_embedding
 
 TEXTS = [f"Paragraph {n} of the municipal guideline." for n in range(5)]
@@ -34,6 +48,63 @@ async def test_embedding_errors_are_typed_and_scrubbed(stub, config, make_target
     with pytest.raises(ProviderAuthError) as refused:
         await embed(make_target(stub, model="stub-embed"), ["x"], config=config)
     assert planted_key not in str(refused.value)
+
+
+async def test_openai_protocol_embeddings_are_sent_as_the_protocol_says_without_litellm(
+    stub, config, planted_key, monkeypatch
+):
+    async def refuse(*args, **kwargs):
+        raise AssertionError("embeddings from an OpenAI-protocol endpoint must not go through LiteLLM")
+
+    monkeypatch.setattr(litellm, "aembedding", refuse)
+    target = ModelTarget(
+        litellm_model="stub-embed",
+        api_base=stub.url,
+        api_key=planted_key,
+        provider_type="openai_compatible",
+        extra={
+            "organization": "org-kommun",
+            "extra_headers": {"x-tenant-route": "sv"},
+            "extra_body": {"truncate_prompt_tokens": 256},
+        },
+    )
+    vectors = await embed(target, TEXTS[:2], config=config)
+    assert vectors == [pytest.approx(deterministic_embedding(text, 384)) for text in TEXTS[:2]]
+    (request,) = stub.requests
+    assert request.path == "/v1/embeddings"
+    assert request.json == {
+        "model": "stub-embed",
+        "input": TEXTS[:2],
+        "encoding_format": "float",
+        "truncate_prompt_tokens": 256,
+    }
+    assert request.headers["authorization"] == f"Bearer {planted_key}"
+    assert request.headers["openai-organization"] == "org-kommun"
+    assert request.headers["x-tenant-route"] == "sv"
+
+
+async def test_an_answer_without_one_embedding_per_text_is_refused(stub, config, make_target):
+    stub.script(embeddings_missing=1)
+    with pytest.raises(ProviderError) as refused:
+        await embed(make_target(stub, model="stub-embed"), TEXTS[:3], config=config)
+    assert refused.value.code == "bad_response"
+    assert len(stub.requests) == 1  # the same request would get the same answer: no retry
+
+
+async def test_embedding_endpoint_the_outbound_guard_refuses_is_never_called(stub, make_target):
+    with pytest.raises(ProviderEndpointBlocked) as blocked:
+        await embed(make_target(stub, model="stub-embed"), ["x"], config=GatewayConfig(allowed_networks=""))
+    assert "127.0.0.1" in blocked.value.detail
+    assert stub.requests == []
+
+
+async def test_embedding_endpoint_that_does_not_answer_is_unavailable(config, make_target, planted_key):
+    class Closed:
+        url = "http://127.0.0.1:9/v1"  # the discard port: nothing listens there
+
+    with pytest.raises(ProviderUnavailable) as failed:
+        await embed(make_target(Closed, model="stub-embed"), ["x"], config=config)
+    assert planted_key not in str(failed.value)
 
 
 async def test_transcription_returns_the_text_and_sends_the_file(stub, config, make_target, planted_key):

@@ -117,7 +117,7 @@ def test_which_targets_take_the_fast_path(provider_type, api_base, api_version, 
         ("anthropic", None, False),
     ],
 )
-def test_which_streams_skip_the_sdk(provider_type, api_base, direct):
+def test_which_chats_and_embeddings_skip_the_sdk_and_litellm(provider_type, api_base, direct):
     target = ModelTarget(
         litellm_model="m",
         api_base=api_base,
@@ -125,7 +125,7 @@ def test_which_streams_skip_the_sdk(provider_type, api_base, direct):
         api_version="2024-10-21",
         provider_type=provider_type,
     )
-    assert gateway._streams_directly(target) is direct
+    assert gateway._sent_directly(target) is direct
 
 
 async def test_streaming_and_non_streaming_skip_litellm(stub, target, config, no_litellm_chat):

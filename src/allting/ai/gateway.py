@@ -595,9 +595,10 @@ def _default_openai_client(target: ModelTarget) -> AsyncOpenAI:
     return client
 
 
-def _streams_directly(target: ModelTarget) -> bool:
-    """Whether a streamed chat for this target is sent and read straight over aiohttp: a tenant
-    endpoint that speaks the plain OpenAI protocol (Azure's URL and header shapes stay with the SDK)."""
+def _sent_directly(target: ModelTarget) -> bool:
+    """Whether streamed chats and embeddings for this target are sent and read straight over
+    aiohttp: a tenant endpoint that speaks the plain OpenAI protocol (Azure's URL and header shapes
+    stay with the SDK and LiteLLM)."""
     return bool(target.api_base) and target.provider_type in ("openai", "openai_compatible")
 
 
@@ -884,9 +885,61 @@ _ERROR_BODY_LIMIT = 64 * 1024
 
 
 @lru_cache(maxsize=1024)
-def _chat_completions_url(api_base: str) -> str:
+def _endpoint_url(api_base: str, path: str) -> str:
     url = yarl.URL(api_base)
-    return str(url.with_path(url.path.rstrip("/") + "/chat/completions", keep_query=True))
+    return str(url.with_path(url.path.rstrip("/") + path, keep_query=True))
+
+
+async def _post_directly(
+    target: ModelTarget,
+    config: GatewayConfig,
+    path: str,
+    body: dict[str, Any],
+    *,
+    accept: str,
+    timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - per provider request, passed to aiohttp
+) -> aiohttp.ClientResponse:
+    """POST JSON to a tenant's OpenAI-protocol endpoint; a refusal or failure is a typed error."""
+    assert target.api_base is not None
+    allowed = _allowed_networks(config)
+    await _check_endpoint(target, allowed, pinned=True)
+    headers = {
+        "Authorization": f"Bearer {target.api_key or 'none'}",
+        "Content-Type": "application/json",
+        "Accept": accept,
+    }
+    if target.extra.get("organization"):
+        headers["OpenAI-Organization"] = target.extra["organization"]
+    headers.update(target.extra.get("extra_headers") or {})
+    try:
+        response = await _pinned_session(allowed).request(
+            "POST",
+            _endpoint_url(target.api_base, path),
+            headers=headers,
+            body=orjson.dumps(body),
+            timeout=timeout,
+        )
+    except Exception as exc:
+        blocked = _egress_cause(exc)
+        if blocked is not None:
+            raise ProviderEndpointBlocked(detail=blocked.reason, model=target.litellm_model) from None
+        if isinstance(exc, TimeoutError | aiohttp.ClientError):
+            raise _connection_error(target, exc) from None
+        raise
+    if response.status >= 400:
+        try:
+            text = (await response.content.read(_ERROR_BODY_LIMIT)).decode(errors="replace").strip()
+        except (TimeoutError, aiohttp.ClientError):
+            text = ""
+        finally:
+            response.release()
+        raise _status_error(target, response.status, response.headers, text)
+    return response
+
+
+def _connection_error(target: ModelTarget, exc: BaseException) -> ProviderUnavailable:
+    detail = str(exc) or "Could not connect to the provider"
+    return ProviderUnavailable(detail=scrub(detail, [target.api_key]), model=target.litellm_model)
 
 
 async def _open_direct_stream(
@@ -897,48 +950,70 @@ async def _open_direct_stream(
     request_timeout: float,
 ) -> _DirectStream:
     """POST a streamed chat to a tenant's OpenAI-protocol endpoint; a refusal is a typed error."""
-    assert target.api_base is not None
-    allowed = _allowed_networks(config)
-    await _check_endpoint(target, allowed, pinned=True)
     body = _chat_body(target, messages, params)
     body.update(stream=True, stream_options={"include_usage": True})
-    headers = {
-        "Authorization": f"Bearer {target.api_key or 'none'}",
-        "Content-Type": "application/json",
-        "Accept": "text/event-stream",
-    }
-    if target.extra.get("organization"):
-        headers["OpenAI-Organization"] = target.extra["organization"]
-    headers.update(target.extra.get("extra_headers") or {})
-    try:
-        response = await _pinned_session(allowed).request(
-            "POST",
-            _chat_completions_url(target.api_base),
-            headers=headers,
-            body=orjson.dumps(body),
-            timeout=aiohttp.ClientTimeout(
-                total=None, connect=request_timeout, sock_connect=request_timeout, sock_read=request_timeout
-            ),
-        )
-    except Exception as exc:
-        blocked = _egress_cause(exc)
-        if blocked is not None:
-            raise ProviderEndpointBlocked(detail=blocked.reason, model=target.litellm_model) from None
-        if isinstance(exc, TimeoutError | aiohttp.ClientError):
-            detail = str(exc) or "Could not connect to the provider"
-            raise ProviderUnavailable(
-                detail=scrub(detail, [target.api_key]), model=target.litellm_model
-            ) from None
-        raise
-    if response.status >= 400:
-        try:
-            text = (await response.content.read(_ERROR_BODY_LIMIT)).decode(errors="replace").strip()
-        except (TimeoutError, aiohttp.ClientError):
-            text = ""
-        finally:
-            response.release()
-        raise _status_error(target, response.status, response.headers, text)
+    response = await _post_directly(
+        target,
+        config,
+        "/chat/completions",
+        body,
+        accept="text/event-stream",
+        timeout=aiohttp.ClientTimeout(
+            total=None, connect=request_timeout, sock_connect=request_timeout, sock_read=request_timeout
+        ),
+    )
     return _DirectStream(response, target)
+
+
+async def _embed_directly(
+    target: ModelTarget, config: GatewayConfig, texts: list[str], request_timeout: float
+) -> list[list[float]]:
+    """One batch embedded by a tenant's OpenAI-protocol endpoint, in input order.
+
+    LiteLLM's embedding call cost about 6 ms of the event loop's CPU per request, as much as the
+    built-in model spends embedding a question (bench/bench_chat.py); this is the same request."""
+    body = {
+        **(target.extra.get("extra_body") or {}),
+        "model": _sdk_model_name(target),
+        "input": texts,
+        "encoding_format": "float",
+    }
+    response = await _post_directly(
+        target,
+        config,
+        "/embeddings",
+        body,
+        accept="application/json",
+        timeout=aiohttp.ClientTimeout(total=request_timeout),
+    )
+    try:
+        raw = await response.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise _connection_error(target, exc) from None
+    finally:
+        response.release()
+    return _embedding_vectors(target, raw, len(texts))
+
+
+def _embedding_vectors(target: ModelTarget, raw: bytes, expected: int) -> list[list[float]]:
+    """The vectors of an OpenAI-protocol embeddings answer, ordered by their index."""
+    try:
+        data = orjson.loads(raw).get("data")
+        ordered = sorted(data, key=lambda item: item["index"])
+        vectors = [item["embedding"] for item in ordered]
+    except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
+        vectors = None
+    if (
+        vectors is None
+        or len(vectors) != expected
+        or not all(isinstance(vector, list) and vector for vector in vectors)
+    ):
+        raise ProviderError(
+            "The AI provider's answer did not hold one embedding per text.",
+            code="bad_response",
+            model=target.litellm_model,
+        )
+    return vectors
 
 
 def _status_error(target: ModelTarget, status: int, headers: Any, text: str) -> ProviderError:
@@ -1336,7 +1411,7 @@ async def _open_stream(
     request_timeout: float,
 ) -> _OpenedStream:
     """Start a stream and read up to the first text, so failures up to there can still be retried."""
-    if _streams_directly(target):
+    if _sent_directly(target):
         stream: Any = await _open_direct_stream(target, config, messages, params, request_timeout)
     elif _uses_openai_sdk(target):
         request = await _sdk_request(target, config, messages, params, request_timeout)
@@ -1527,13 +1602,15 @@ async def embed(
     for start in range(0, len(texts), batch_size):
         batch = list(texts[start : start + batch_size])
 
-        async def once(batch: list[str] = batch) -> Any:
+        async def once(batch: list[str] = batch) -> list[list[float]]:
+            if _sent_directly(target):
+                return await _embed_directly(target, config, batch, timeout)
             kwargs = await _call_kwargs(target, config, timeout)
-            return await litellm.aembedding(input=batch, encoding_format="float", **kwargs)
+            response = await litellm.aembedding(input=batch, encoding_format="float", **kwargs)
+            ordered = sorted(response.data, key=lambda item: item["index"])
+            return [list(item["embedding"]) for item in ordered]
 
-        response = await _with_retries(target, config.retry, once)
-        ordered = sorted(response.data, key=lambda item: item["index"])
-        vectors.extend(list(item["embedding"]) for item in ordered)
+        vectors.extend(await _with_retries(target, config.retry, once))
     return vectors
 
 

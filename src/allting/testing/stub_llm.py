@@ -61,6 +61,7 @@ class Script:
     echo_key_in_error: bool = False
     transcript: str = "This is the stub transcript."
     embedding_dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS
+    embeddings_missing: int = 0  # vectors left out of an embeddings answer, as a broken server might
 
     def stream_chunks(self) -> list[str]:
         if self.chunks is not None:
@@ -255,6 +256,8 @@ def create_app(state: StubState) -> Starlette:
                 base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode() if as_base64 else vector
             )
             data.append({"object": "embedding", "index": index, "embedding": encoded})
+        if script.embeddings_missing:
+            data = data[: max(0, len(data) - script.embeddings_missing)]
         tokens = _count_words(texts)
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return JSONResponse({"object": "list", "data": data, "model": model, "usage": usage})
