@@ -243,6 +243,28 @@ async def test_groups_roles_and_budgets_from_the_pages(app, chat_org):
         await client.aclose()
 
 
+async def test_a_refused_or_invalid_form_says_why_and_changes_nothing(app, chat_org):
+    client = await sign_in(app, chat_org.owner.email, chat_org.owner.password)
+    try:
+        token = _token((await client.get("/admin/groups")).text)
+        for _ in range(2):
+            await client.post("/admin/groups", data={"name": "Nämndsekreterare", "csrf_token": token})
+        page = await client.get("/admin/groups")
+        assert 'class="flash flash-error" role="alert"' in page.text  # the second has the same name
+        assert page.text.count(">Nämndsekreterare<") == 1
+
+        invalid = await client.post(
+            "/admin/budgets",
+            data={"scope": "tenant", "monthly_tokens": "many", "monthly_cost": "", "csrf_token": token},
+        )
+        assert invalid.status_code == 303 and invalid.headers["location"] == "/admin/budgets"
+        page = await client.get("/admin/budgets")
+        assert "Ange ett heltal för token och en positiv kostnad." in page.text  # the page is in Swedish
+        assert (await client.get("/api/v1/budgets/")).json() == []
+    finally:
+        await client.aclose()
+
+
 async def test_service_errors_are_translated_on_swedish_pages():
     from allting.web.errors import client_messages, translate_error
 

@@ -15,7 +15,7 @@ from allting.platform.db import DbSession
 from allting.platform.errors import AppError
 from allting.web.errors import translate_error
 from allting.web.rendering import gettext_for, parse_uuid, redirect, render
-from allting.web.web import Csrf, SignedIn, done, error_text
+from allting.web.web import Csrf, SignedIn, done, error_text, form_change
 
 router = APIRouter(include_in_schema=False)
 PROVIDER_TYPES = ("openai", "azure", "anthropic", "mistral", "openai_compatible", "vllm", "berget", "ollama")
@@ -69,7 +69,8 @@ async def create_provider_form(
     api_key: Annotated[str, Form(max_length=4000)] = "",
 ):
     _ = gettext_for(page.language)
-    try:
+
+    async def create() -> None:
         data = ProviderCreate(
             name=name.strip(),
             provider_type=provider_type,
@@ -77,15 +78,10 @@ async def create_provider_form(
             api_version=api_version.strip() or None,
             api_key=api_key.strip() or None,
         )
-        async with db.begin_nested():
-            await service.create_provider(db, page.ctx, data)
-    except AppError as exc:
-        return done(request, "/admin/ai", error_text(request, exc), "error")
-    except ValueError:
-        return done(
-            request, "/admin/ai", _("Check the values: the key needs at least 8 characters."), "error"
-        )
-    return done(request, "/admin/ai", _("The provider is added."))
+        await service.create_provider(db, page.ctx, data)
+
+    invalid = _("Check the values: the key needs at least 8 characters.")
+    return await form_change(request, db, "/admin/ai", create, _("The provider is added."), invalid=invalid)
 
 
 @router.post("/admin/ai/providers/{provider_id}/test", dependencies=[Csrf])
@@ -113,12 +109,13 @@ async def test_provider_form(request: Request, db: DbSession, page: SignedIn, pr
 @router.post("/admin/ai/providers/{provider_id}/delete", dependencies=[Csrf])
 async def delete_provider_form(request: Request, db: DbSession, page: SignedIn, provider_id: uuid.UUID):
     _ = gettext_for(page.language)
-    try:
-        async with db.begin_nested():
-            await service.delete_provider(db, page.ctx, provider_id)
-    except AppError as exc:
-        return done(request, "/admin/ai", error_text(request, exc), "error")
-    return done(request, "/admin/ai", _("The provider is removed."))
+    return await form_change(
+        request,
+        db,
+        "/admin/ai",
+        lambda: service.delete_provider(db, page.ctx, provider_id),
+        _("The provider is removed."),
+    )
 
 
 @router.post("/admin/ai/models", dependencies=[Csrf])
@@ -133,7 +130,8 @@ async def create_model_form(
     enabled: Annotated[str | None, Form()] = None,
 ):
     _ = gettext_for(page.language)
-    try:
+
+    async def create() -> None:
         data = ModelCreate(
             kind=kind,
             name=name.strip(),
@@ -141,13 +139,10 @@ async def create_model_form(
             provider_id=parse_uuid(provider_id),
             is_enabled=enabled is not None,
         )
-        async with db.begin_nested():
-            await service.create_model(db, page.ctx, data)
-    except AppError as exc:
-        return done(request, "/admin/ai", error_text(request, exc), "error")
-    except ValueError:
-        return done(request, "/admin/ai", _("Check the values and try again."), "error")
-    return done(request, "/admin/ai", _("The model is added."))
+        await service.create_model(db, page.ctx, data)
+
+    invalid = _("Check the values and try again.")
+    return await form_change(request, db, "/admin/ai", create, _("The model is added."), invalid=invalid)
 
 
 @router.post("/admin/ai/models/{model_id}", dependencies=[Csrf])
@@ -166,12 +161,13 @@ async def update_model_form(
     }
     if action not in changes:
         return done(request, "/admin/ai", _("Check the values and try again."), "error")
-    try:
-        async with db.begin_nested():
-            await service.update_model(db, page.ctx, model_id, changes[action])
-    except AppError as exc:
-        return done(request, "/admin/ai", error_text(request, exc), "error")
-    return done(request, "/admin/ai", _("The model is saved."))
+    return await form_change(
+        request,
+        db,
+        "/admin/ai",
+        lambda: service.update_model(db, page.ctx, model_id, changes[action]),
+        _("The model is saved."),
+    )
 
 
 @router.get("/admin/usage", response_class=HTMLResponse)
@@ -272,28 +268,25 @@ async def set_budget_form(
     scope_id = {"space": parse_uuid(space_id), "user": parse_uuid(user_id)}.get(scope)
     if scope not in ("tenant", "space", "user") or (scope != "tenant" and scope_id is None):
         return done(request, "/admin/budgets", _("Choose what the budget is for."), "error")
-    try:
+
+    async def save() -> None:
         data = BudgetSet(
             monthly_tokens=int(monthly_tokens) if monthly_tokens.strip() else None,
             monthly_cost=monthly_cost.strip().replace(",", ".") or None,
         )
-        async with db.begin_nested():
-            await service.set_budget(db, page.ctx, scope, scope_id, data)
-    except AppError as exc:
-        return done(request, "/admin/budgets", error_text(request, exc), "error")
-    except ValueError:
-        return done(
-            request, "/admin/budgets", _("Give a whole number of tokens and a positive cost."), "error"
-        )
-    return done(request, "/admin/budgets", _("The budget is saved."))
+        await service.set_budget(db, page.ctx, scope, scope_id, data)
+
+    invalid = _("Give a whole number of tokens and a positive cost.")
+    return await form_change(request, db, "/admin/budgets", save, _("The budget is saved."), invalid=invalid)
 
 
 @router.post("/admin/budgets/{budget_id}/delete", dependencies=[Csrf])
 async def delete_budget_form(request: Request, db: DbSession, page: SignedIn, budget_id: uuid.UUID):
     _ = gettext_for(page.language)
-    try:
-        async with db.begin_nested():
-            await service.delete_budget(db, page.ctx, budget_id)
-    except AppError as exc:
-        return done(request, "/admin/budgets", error_text(request, exc), "error")
-    return done(request, "/admin/budgets", _("The budget is removed."))
+    return await form_change(
+        request,
+        db,
+        "/admin/budgets",
+        lambda: service.delete_budget(db, page.ctx, budget_id),
+        _("The budget is removed."),
+    )

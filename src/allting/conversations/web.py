@@ -12,11 +12,10 @@ from allting.ai.errors import ProviderError
 from allting.assistants import service as assistants_service
 from allting.conversations import service
 from allting.platform.db import DbSession
-from allting.platform.errors import AppError
 from allting.spaces import service as spaces_service
 from allting.web.errors import translate_error
 from allting.web.rendering import gettext_for, parse_uuid, render
-from allting.web.web import Csrf, SignedIn, done, error_text
+from allting.web.web import Csrf, SignedIn, form_change
 
 router = APIRouter(include_in_schema=False)
 # A failed answer keeps the provider error's message; its code finds the message in the page language.
@@ -94,12 +93,13 @@ async def rename_conversation_form(
     title: Annotated[str, Form(max_length=200)] = "",
 ):
     _ = gettext_for(page.language)
-    try:
-        async with db.begin_nested():
-            await service.rename_conversation(db, page.ctx, conversation_id, title.strip() or _("Untitled"))
-    except AppError as exc:
-        return done(request, f"/?c={conversation_id}", error_text(request, exc), "error")
-    return done(request, f"/?c={conversation_id}", _("The conversation is renamed."))
+    return await form_change(
+        request,
+        db,
+        f"/?c={conversation_id}",
+        lambda: service.rename_conversation(db, page.ctx, conversation_id, title.strip() or _("Untitled")),
+        _("The conversation is renamed."),
+    )
 
 
 @router.post("/conversations/{conversation_id}/delete", dependencies=[Csrf])
@@ -107,9 +107,10 @@ async def delete_conversation_form(
     request: Request, db: DbSession, page: SignedIn, conversation_id: uuid.UUID
 ):
     _ = gettext_for(page.language)
-    try:
-        async with db.begin_nested():
-            await service.delete_conversation(db, page.ctx, conversation_id)
-    except AppError as exc:
-        return done(request, "/", error_text(request, exc), "error")
-    return done(request, "/", _("The conversation is deleted."))
+    return await form_change(
+        request,
+        db,
+        "/",
+        lambda: service.delete_conversation(db, page.ctx, conversation_id),
+        _("The conversation is deleted."),
+    )

@@ -19,7 +19,7 @@ from allting.spaces.schemas import MemberAdd, MemberUpdate, SpaceCreate, SpaceUp
 from allting.users.models import User
 from allting.web.errors import document_error_texts
 from allting.web.rendering import gettext_for, parse_uuid, redirect, render
-from allting.web.web import Csrf, SignedIn, done, error_text
+from allting.web.web import Csrf, SignedIn, done, error_text, form_change
 
 router = APIRouter(include_in_schema=False)
 
@@ -175,31 +175,28 @@ async def update_assistant_form(
 ):
     _ = gettext_for(page.language)
     url = f"/spaces/{space_id}/assistants/{assistant_id}"
-    try:
-        async with db.begin_nested():
-            params = ModelParams(temperature=_float(temperature))
-            assistant, _space, _role = await assistants_service.get_assistant_for(db, page.ctx, assistant_id)
-            await assistants_service.update_assistant(
-                db,
-                page.ctx,
-                assistant_id,
-                AssistantUpdate(
-                    name=name.strip() or None,
-                    description=description.strip() or None,
-                    prompt=prompt if prompt != assistant.prompt else None,
-                    prompt_note=prompt_note.strip() or None,
-                    model_id=parse_uuid(model_id),
-                    model_params=params,
-                    collection_ids=[cid for cid in (parse_uuid(c) for c in collection_ids or []) if cid],
-                    published=published is not None if not assistant.is_default else None,
-                ),
-            )
-    except (AppError, ValueError) as exc:
-        message = (
-            error_text(request, exc) if isinstance(exc, AppError) else _("Check the values and try again.")
+
+    async def save() -> None:
+        params = ModelParams(temperature=_float(temperature))
+        assistant, _space, _role = await assistants_service.get_assistant_for(db, page.ctx, assistant_id)
+        await assistants_service.update_assistant(
+            db,
+            page.ctx,
+            assistant_id,
+            AssistantUpdate(
+                name=name.strip() or None,
+                description=description.strip() or None,
+                prompt=prompt if prompt != assistant.prompt else None,
+                prompt_note=prompt_note.strip() or None,
+                model_id=parse_uuid(model_id),
+                model_params=params,
+                collection_ids=[cid for cid in (parse_uuid(c) for c in collection_ids or []) if cid],
+                published=published is not None if not assistant.is_default else None,
+            ),
         )
-        return done(request, url, message, "error")
-    return done(request, url, _("The assistant is saved."))
+
+    invalid = _("Check the values and try again.")
+    return await form_change(request, db, url, save, _("The assistant is saved."), invalid=invalid)
 
 
 @router.post("/spaces/{space_id}/assistants/{assistant_id}/restore", dependencies=[Csrf])
@@ -213,12 +210,13 @@ async def restore_prompt_form(
 ):
     _ = gettext_for(page.language)
     url = f"/spaces/{space_id}/assistants/{assistant_id}"
-    try:
-        async with db.begin_nested():
-            await assistants_service.restore_prompt_version(db, page.ctx, assistant_id, version)
-    except AppError as exc:
-        return done(request, url, error_text(request, exc), "error")
-    return done(request, url, _("The prompt version is restored."))
+    return await form_change(
+        request,
+        db,
+        url,
+        lambda: assistants_service.restore_prompt_version(db, page.ctx, assistant_id, version),
+        _("The prompt version is restored."),
+    )
 
 
 @router.post("/spaces/{space_id}/assistants/{assistant_id}/delete", dependencies=[Csrf])
@@ -280,14 +278,14 @@ async def add_member_form(
     )
     if user is None:
         return done(request, url, _("No one in your organisation has that e-mail address."), "error")
-    try:
-        async with db.begin_nested():
-            await spaces_service.add_member(
-                db, page.ctx, space_id, MemberAdd(user_id=user.id, role=role if role in _ROLES else "viewer")
-            )
-    except AppError as exc:
-        return done(request, url, error_text(request, exc), "error")
-    return done(request, url, _("The member is added."))
+    member = MemberAdd(user_id=user.id, role=role if role in _ROLES else "viewer")
+    return await form_change(
+        request,
+        db,
+        url,
+        lambda: spaces_service.add_member(db, page.ctx, space_id, member),
+        _("The member is added."),
+    )
 
 
 _ROLES = ("viewer", "editor", "admin")
@@ -331,14 +329,14 @@ async def update_member_form(
 ):
     _ = gettext_for(page.language)
     url = f"/spaces/{space_id}/members"
-    try:
-        async with db.begin_nested():
-            await spaces_service.update_member(
-                db, page.ctx, space_id, member_id, MemberUpdate(role=role if role in _ROLES else "viewer")
-            )
-    except AppError as exc:
-        return done(request, url, error_text(request, exc), "error")
-    return done(request, url, _("The role is changed."))
+    update = MemberUpdate(role=role if role in _ROLES else "viewer")
+    return await form_change(
+        request,
+        db,
+        url,
+        lambda: spaces_service.update_member(db, page.ctx, space_id, member_id, update),
+        _("The role is changed."),
+    )
 
 
 @router.post("/spaces/{space_id}/members/{member_id}/remove", dependencies=[Csrf])
@@ -347,12 +345,13 @@ async def remove_member_form(
 ):
     _ = gettext_for(page.language)
     url = f"/spaces/{space_id}/members"
-    try:
-        async with db.begin_nested():
-            await spaces_service.remove_member(db, page.ctx, space_id, member_id)
-    except AppError as exc:
-        return done(request, url, error_text(request, exc), "error")
-    return done(request, url, _("The member is removed."))
+    return await form_change(
+        request,
+        db,
+        url,
+        lambda: spaces_service.remove_member(db, page.ctx, space_id, member_id),
+        _("The member is removed."),
+    )
 
 
 # Settings
@@ -383,23 +382,20 @@ async def update_space_form(
 ):
     _ = gettext_for(page.language)
     url = f"/spaces/{space_id}/settings"
-    try:
-        async with db.begin_nested():
-            await spaces_service.update_space(
-                db,
-                page.ctx,
-                space_id,
-                SpaceUpdate(
-                    name=name.strip() or None,
-                    description=description.strip() or None,
-                    security_level=security_level,
-                    retention_days=int(retention_days) if retention_days.strip().isdigit() else None,
-                    allowed_model_ids=[m for m in (parse_uuid(v) for v in allowed_model_ids or []) if m],
-                ),
-            )
-    except (AppError, ValueError) as exc:
-        message = (
-            error_text(request, exc) if isinstance(exc, AppError) else _("Check the values and try again.")
+
+    async def save() -> None:
+        await spaces_service.update_space(
+            db,
+            page.ctx,
+            space_id,
+            SpaceUpdate(
+                name=name.strip() or None,
+                description=description.strip() or None,
+                security_level=security_level,
+                retention_days=int(retention_days) if retention_days.strip().isdigit() else None,
+                allowed_model_ids=[m for m in (parse_uuid(v) for v in allowed_model_ids or []) if m],
+            ),
         )
-        return done(request, url, message, "error")
-    return done(request, url, _("The settings are saved."))
+
+    invalid = _("Check the values and try again.")
+    return await form_change(request, db, url, save, _("The settings are saved."), invalid=invalid)

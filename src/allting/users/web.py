@@ -14,7 +14,7 @@ from allting.platform.errors import AppError
 from allting.users import service
 from allting.users.schemas import GroupCreate, RoleCreate, RoleUpdate, UserCreate, UserInvite, UserUpdate
 from allting.web.rendering import gettext_for, parse_uuid, render
-from allting.web.web import Csrf, SignedIn, done, error_text
+from allting.web.web import Csrf, SignedIn, done, error_text, form_change
 
 router = APIRouter(include_in_schema=False)
 
@@ -84,13 +84,14 @@ async def set_user_state_form(
     _ = gettext_for(page.language)
     if state not in ("active", "disabled"):
         return done(request, "/admin/users", _("Check the values and try again."), "error")
-    try:
-        async with db.begin_nested():
-            await service.update_user(db, page.ctx, user_id, UserUpdate(state=state))
-    except AppError as exc:
-        return done(request, "/admin/users", error_text(request, exc), "error")
     message = _("The account is disabled.") if state == "disabled" else _("The account is enabled.")
-    return done(request, "/admin/users", message)
+    return await form_change(
+        request,
+        db,
+        "/admin/users",
+        lambda: service.update_user(db, page.ctx, user_id, UserUpdate(state=state)),
+        message,
+    )
 
 
 @router.post("/admin/users/{user_id}/role", dependencies=[Csrf])
@@ -231,15 +232,15 @@ async def create_group_form(
     description: Annotated[str, Form(max_length=500)] = "",
 ):
     _ = gettext_for(page.language)
-    try:
+
+    async def create() -> None:
         data = GroupCreate(name=name.strip(), description=description.strip() or None)
-        async with db.begin_nested():
-            await service.create_group(db, page.ctx, data)
-    except AppError as exc:
-        return done(request, "/admin/groups", error_text(request, exc), "error")
-    except ValueError:
-        return done(request, "/admin/groups", _("Check the values and try again."), "error")
-    return done(request, "/admin/groups", _("The group is created."))
+        await service.create_group(db, page.ctx, data)
+
+    invalid = _("Check the values and try again.")
+    return await form_change(
+        request, db, "/admin/groups", create, _("The group is created."), invalid=invalid
+    )
 
 
 @router.post("/admin/groups/{group_id}/members", dependencies=[Csrf])
@@ -250,12 +251,13 @@ async def add_group_member_form(
     member = parse_uuid(user_id)
     if member is None:
         return done(request, "/admin/groups", _("Choose a person."), "error")
-    try:
-        async with db.begin_nested():
-            await service.add_group_member(db, page.ctx, group_id, member)
-    except AppError as exc:
-        return done(request, "/admin/groups", error_text(request, exc), "error")
-    return done(request, "/admin/groups", _("The person is added to the group."))
+    return await form_change(
+        request,
+        db,
+        "/admin/groups",
+        lambda: service.add_group_member(db, page.ctx, group_id, member),
+        _("The person is added to the group."),
+    )
 
 
 @router.post("/admin/groups/{group_id}/members/{user_id}/remove", dependencies=[Csrf])
@@ -263,23 +265,25 @@ async def remove_group_member_form(
     request: Request, db: DbSession, page: SignedIn, group_id: uuid.UUID, user_id: uuid.UUID
 ):
     _ = gettext_for(page.language)
-    try:
-        async with db.begin_nested():
-            await service.remove_group_member(db, page.ctx, group_id, user_id)
-    except AppError as exc:
-        return done(request, "/admin/groups", error_text(request, exc), "error")
-    return done(request, "/admin/groups", _("The person is removed from the group."))
+    return await form_change(
+        request,
+        db,
+        "/admin/groups",
+        lambda: service.remove_group_member(db, page.ctx, group_id, user_id),
+        _("The person is removed from the group."),
+    )
 
 
 @router.post("/admin/groups/{group_id}/delete", dependencies=[Csrf])
 async def delete_group_form(request: Request, db: DbSession, page: SignedIn, group_id: uuid.UUID):
     _ = gettext_for(page.language)
-    try:
-        async with db.begin_nested():
-            await service.delete_group(db, page.ctx, group_id)
-    except AppError as exc:
-        return done(request, "/admin/groups", error_text(request, exc), "error")
-    return done(request, "/admin/groups", _("The group is removed."))
+    return await form_change(
+        request,
+        db,
+        "/admin/groups",
+        lambda: service.delete_group(db, page.ctx, group_id),
+        _("The group is removed."),
+    )
 
 
 # Roles
@@ -325,41 +329,40 @@ def _chosen_permissions(form) -> list[str]:
 async def create_role_form(request: Request, db: DbSession, page: SignedIn):
     _ = gettext_for(page.language)
     form = await request.form()
-    try:
+
+    async def create() -> None:
         data = RoleCreate(
             name=str(form.get("name", "")).strip()[:100],
             description=str(form.get("description", "")).strip()[:500] or None,
             permissions=_chosen_permissions(form),
         )
-        async with db.begin_nested():
-            await service.create_role(db, page.ctx, data)
-    except AppError as exc:
-        return done(request, "/admin/roles", error_text(request, exc), "error")
-    except ValueError:
-        return done(request, "/admin/roles", _("Check the values and try again."), "error")
-    return done(request, "/admin/roles", _("The role is created."))
+        await service.create_role(db, page.ctx, data)
+
+    invalid = _("Check the values and try again.")
+    return await form_change(request, db, "/admin/roles", create, _("The role is created."), invalid=invalid)
 
 
 @router.post("/admin/roles/{role_id}", dependencies=[Csrf])
 async def update_role_form(request: Request, db: DbSession, page: SignedIn, role_id: uuid.UUID):
     _ = gettext_for(page.language)
     form = await request.form()
-    try:
-        async with db.begin_nested():
-            await service.update_role(
-                db, page.ctx, role_id, RoleUpdate(permissions=_chosen_permissions(form))
-            )
-    except AppError as exc:
-        return done(request, "/admin/roles", error_text(request, exc), "error")
-    return done(request, "/admin/roles", _("The role is saved."))
+    update = RoleUpdate(permissions=_chosen_permissions(form))
+    return await form_change(
+        request,
+        db,
+        "/admin/roles",
+        lambda: service.update_role(db, page.ctx, role_id, update),
+        _("The role is saved."),
+    )
 
 
 @router.post("/admin/roles/{role_id}/delete", dependencies=[Csrf])
 async def delete_role_form(request: Request, db: DbSession, page: SignedIn, role_id: uuid.UUID):
     _ = gettext_for(page.language)
-    try:
-        async with db.begin_nested():
-            await service.delete_role(db, page.ctx, role_id)
-    except AppError as exc:
-        return done(request, "/admin/roles", error_text(request, exc), "error")
-    return done(request, "/admin/roles", _("The role is removed."))
+    return await form_change(
+        request,
+        db,
+        "/admin/roles",
+        lambda: service.delete_role(db, page.ctx, role_id),
+        _("The role is removed."),
+    )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from allting.auth import service as auth_service
@@ -191,6 +193,31 @@ def error_text(request: Request, exc: AppError) -> str:
     from allting.web.errors import error_message
 
     return error_message(page_for(request).language, exc)
+
+
+async def form_change(
+    request: Request,
+    db: AsyncSession,
+    back: str,
+    change: Callable[[], Awaitable[object]],
+    success: str,
+    *,
+    invalid: str | None = None,
+) -> Response:
+    """Make a form's change and go back to `back`, saying `success`, or why the change was refused,
+    or `invalid` when the form's values make no valid request (`change` raised ValueError, as
+    pydantic's validation does). The change runs in a savepoint, so a refused one leaves nothing
+    half done in the request's transaction."""
+    try:
+        async with db.begin_nested():
+            await change()
+    except AppError as exc:
+        return done(request, back, error_text(request, exc), "error")
+    except ValueError:
+        if invalid is None:
+            raise
+        return done(request, back, invalid, "error")
+    return done(request, back, success)
 
 
 def _safe_next(value: str | None) -> str:
@@ -379,12 +406,13 @@ async def create_api_key_form(
 @router.post("/account/keys/{key_id}/revoke", dependencies=[Csrf])
 async def revoke_api_key_form(request: Request, db: DbSession, page: SignedIn, key_id: uuid.UUID):
     _ = gettext_for(page.language)
-    try:
-        async with db.begin_nested():
-            await users_service.revoke_api_key(db, page.ctx, key_id)
-    except AppError as exc:
-        return done(request, "/account", error_text(request, exc), "error")
-    return done(request, "/account", _("The key is revoked."))
+    return await form_change(
+        request,
+        db,
+        "/account",
+        lambda: users_service.revoke_api_key(db, page.ctx, key_id),
+        _("The key is revoked."),
+    )
 
 
 # HTML error pages for everything outside /api, and the redirects pages need.
