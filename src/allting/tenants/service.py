@@ -124,7 +124,7 @@ async def ensure_first_tenant(
     owner = User(
         tenant_id=tenant.id,
         email=owner_email or DEFAULT_OWNER_EMAIL,
-        name="Owner",
+        name=None,  # until the owner gives one under Account; pages show the e-mail address meanwhile
         state="active",
         role_id=owner_role.id,
         password_hash=hash_password(owner_password or generated),
