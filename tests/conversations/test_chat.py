@@ -136,6 +136,20 @@ async def test_provider_failure_mid_stream_sends_an_error_event_and_keeps_the_pa
     assert message["error"]
 
 
+async def test_a_rate_limited_provider_ends_the_stream_saying_how_long_it_asked_to_wait(chat_org, llm):
+    # Longer than the gateway waits and retries by itself, so the person is told instead.
+    llm.script(error=429, retry_after=120)
+    assistant_id = await personal_assistant(chat_org.owner.client)
+    async with chat_org.owner.client.stream(
+        "POST", "/api/v1/conversations/", json={"question": "q", "assistant_id": assistant_id, "stream": True}
+    ) as response:
+        events = await read_sse(response)
+    name, data = events[-1]
+    assert name == "error"
+    assert data["code"] == "provider_rate_limited" and data["retry_after"] == 120
+    assert data["partial"] is False
+
+
 async def test_client_disconnect_cancels_the_provider_and_stores_the_answer_once(chat_org, llm, live_url):
     llm.script(answer="word " * 400, delay_per_token=0.02)
     assistant_id = await personal_assistant(chat_org.owner.client)

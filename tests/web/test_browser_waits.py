@@ -139,6 +139,22 @@ async def test_a_rate_limited_upload_to_a_collection_says_how_long_to_wait(axe_p
     assert await serious_violations(page) == []
 
 
+async def test_a_rate_limited_provider_in_a_streamed_answer_says_how_long_it_asked_to_wait(
+    axe_page, live_url, chat_org, llm
+):
+    page = axe_page
+    llm.script(error=429, retry_after=120)
+    await sign_in(page, live_url, chat_org.owner.email, chat_org.owner.password)
+    await _to_swedish(page)
+    await page.get_by_label("Din fråga").fill("Hej?")
+    await page.keyboard.press("Enter")
+    failure = page.locator(".bubble.answer .error-text").last
+    await failure.wait_for()
+    text = await failure.inner_text()
+    assert "AI-leverantören är upptagen. Försök igen om 2 minuter." in text, text
+    assert await page.get_by_role("button", name="Skicka").is_enabled()
+
+
 async def test_a_provider_error_in_a_streamed_answer_is_shown_in_swedish_also_after_a_reload(
     axe_page, live_url, chat_org, llm
 ):

@@ -63,7 +63,12 @@ def _event_payload(event: service.AnswerEvent) -> tuple[str, dict]:
                 "fallback_used": event.fallback_used,
             }
         case service.Failed():
-            return "error", {"code": event.code, "error": event.message, "partial": event.partial}
+            return "error", {
+                "code": event.code,
+                "error": event.message,
+                "partial": event.partial,
+                "retry_after": event.retry_after,
+            }
 
 
 async def _named_events(prepared: service.PreparedQuestion) -> AsyncIterator[str]:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import aliased
 
 from allting.ai import gateway
 from allting.ai import service as ai_service
-from allting.ai.errors import ProviderError
+from allting.ai.errors import ProviderError, ProviderRateLimited
 from allting.ai.models import AiModel, ModelProvider
 from allting.assistants import service as assistants_service
 from allting.assistants.models import Assistant
@@ -91,6 +91,7 @@ class Failed:
     code: str
     message: str
     partial: bool
+    retry_after: float | None = None  # seconds the provider asked to wait, when it said
 
 
 AnswerEvent = Started | Delta | Cited | Finished | Failed
@@ -569,7 +570,8 @@ async def stream_answer(prepared: PreparedQuestion) -> AsyncIterator[AnswerEvent
         outcome.status = "incomplete" if outcome.answer else "error"
         outcome.error = exc.message
         await _record(prepared, outcome, int((time.perf_counter() - started) * 1000))
-        yield Failed(exc.code, exc.message, partial=bool(outcome.answer))
+        retry_after = exc.retry_after if isinstance(exc, ProviderRateLimited) else None
+        yield Failed(exc.code, exc.message, partial=bool(outcome.answer), retry_after=retry_after)
     finally:
         if chat is None:
             await asyncio.shield(_stop(prepared.opening))

@@ -253,7 +253,13 @@
           parts.meta.appendChild(feedbackButtons());
           end(null, false);
         } else if (name === "error") {
-          end(t("failed") + " " + window.AlltingErrorText({ code: data.code, message: data.error }, ""), true);
+          var seconds = typeof data.retry_after === "number" ? Math.max(1, Math.ceil(data.retry_after)) : null;
+          var wait = window.AlltingWaitText(seconds);
+          // The busy provider's own sentence ends "try again in a moment", which the wait says better.
+          var text = wait && data.code === "provider_rate_limited"
+            ? document.body.getAttribute("data-t-provider-busy")
+            : window.AlltingErrorText({ code: data.code, message: data.error }, "");
+          end(t("failed") + " " + text + (wait ? " " + wait : ""), true);
         }
       }
       function pump() {
