@@ -322,7 +322,9 @@ async def test_the_prompt_history_is_in_swedish_with_an_empty_first_prompt(app, 
         await client.aclose()
 
 
-async def test_the_audit_log_and_budgets_name_outcomes_actors_targets_and_spaces_in_swedish(app, chat_org):
+async def test_the_audit_log_and_budgets_name_actions_outcomes_actors_targets_and_spaces_in_swedish(
+    app, chat_org
+):
     client = await sign_in(app, chat_org.owner.email, chat_org.owner.password)
     sv = {"accept-language": "sv"}
     try:
@@ -332,6 +334,7 @@ async def test_the_audit_log_and_budgets_name_outcomes_actors_targets_and_spaces
         assert "<td>Lyckades</td>" in rows
         assert "<td>success</td>" not in rows and "<td>system</td>" not in rows
         assert "<td>Inloggning</td>" in rows and "<td>session</td>" not in rows
+        assert "<td>Inloggning <code>auth.login</code></td>" in rows  # the action, with its key to filter by
         budgets = (await client.get("/admin/budgets", headers=sv)).text
         options = re.findall(r'<option value="[0-9a-f-]{36}">([^<]*)</option>', budgets)
         assert "Personligt" in options and "Organisation" in options
