@@ -27,7 +27,8 @@ async def test_rename_search_and_delete_a_conversation(axe_page, live_url, chat_
     await page.keyboard.press("Enter")
     await page.locator(".bubble.answer .model-used").wait_for()
     await page.wait_for_url("**/?c=*")
-    await page.reload()
+    # The new conversation's title and its actions are there at once, without a reload.
+    assert await page.locator("#chat-h").inner_text() == "My assistant · When is the application due?"
 
     await page.get_by_text("Rename or delete").click()
     await page.get_by_label("New name").fill("Building permit dates")

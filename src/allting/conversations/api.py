@@ -46,6 +46,7 @@ def _event_payload(event: service.AnswerEvent) -> tuple[str, dict]:
             return "first_chunk", {
                 "conversation_id": event.conversation_id,
                 "session_id": event.conversation_id,
+                "title": event.conversation_title,
                 "question_id": event.message_id,
                 "question": event.question,
                 "assistant_id": event.assistant_id,

@@ -45,6 +45,7 @@ class PreparedQuestion:
 
     ctx: Ctx
     conversation_id: uuid.UUID
+    conversation_title: str | None
     message_id: uuid.UUID
     question: str
     assistant_id: uuid.UUID
@@ -62,6 +63,7 @@ class PreparedQuestion:
 @dataclass(frozen=True)
 class Started:
     conversation_id: uuid.UUID
+    conversation_title: str | None
     message_id: uuid.UUID
     question: str
     assistant_id: uuid.UUID
@@ -353,6 +355,7 @@ async def prepare_question(
         }
         if created:
             conversation_id = uuid.uuid4()
+            title = prompting.automatic_title(question)
             await _NEW_CONVERSATION_AND_QUESTION.execute(
                 db,
                 conversation_id=conversation_id,
@@ -360,11 +363,11 @@ async def prepare_question(
                 conversation_assistant_id=assistant.id,
                 conversation_space_id=space.id,
                 conversation_api_key_id=ctx.api_key_id if ctx.actor_type == "assistant_key" else None,
-                conversation_title=prompting.automatic_title(question),
+                conversation_title=title,
                 **message_values,
             )
         else:
-            conversation_id = conversation.id
+            conversation_id, title = conversation.id, conversation.title
             db.add(Message(conversation_id=conversation_id, **message_values))
             conversation.updated_at = now
             await db.flush()
@@ -374,6 +377,7 @@ async def prepare_question(
     return PreparedQuestion(
         ctx=ctx,
         conversation_id=conversation_id,
+        conversation_title=title,
         message_id=message_values["id"],
         question=question,
         assistant_id=assistant.id,
@@ -537,6 +541,7 @@ async def stream_answer(prepared: PreparedQuestion) -> AsyncIterator[AnswerEvent
     try:
         yield Started(
             prepared.conversation_id,
+            prepared.conversation_title,
             prepared.message_id,
             prepared.question,
             prepared.assistant_id,

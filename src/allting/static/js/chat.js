@@ -171,6 +171,22 @@
     list.insertBefore(item, list.firstChild);
   }
 
+  // What the page shows of a conversation once it exists: its title and the rename and delete forms.
+  function showConversation(id, title) {
+    var heading = document.getElementById("chat-title");
+    var actions = document.getElementById("conversation-actions");
+    if (heading) {
+      heading.textContent = " · " + title;
+      heading.hidden = false;
+    }
+    if (actions) {
+      document.getElementById("rename-form").setAttribute("action", "/conversations/" + id + "/rename");
+      document.getElementById("delete-form").setAttribute("action", "/conversations/" + id + "/delete");
+      document.getElementById("rename-title").value = title;
+      actions.hidden = false;
+    }
+  }
+
   function parseEvents(buffer, onEvent) {
     var parts = buffer.split("\n\n");
     var rest = parts.pop();
@@ -240,7 +256,8 @@
             conversationId = data.conversation_id;
             chat.setAttribute("data-conversation-id", conversationId);
             window.history.replaceState(null, "", "/?c=" + conversationId);
-            addToList(conversationId, text.slice(0, 80));
+            addToList(conversationId, data.title || text.slice(0, 80));
+            showConversation(conversationId, data.title || text.slice(0, 80));
           }
         } else if (name === "text") {
           answer += data.answer || "";
