@@ -91,6 +91,19 @@ async def test_an_answer_without_one_embedding_per_text_is_refused(stub, config,
     assert len(stub.requests) == 1  # the same request would get the same answer: no retry
 
 
+async def test_an_answer_larger_than_the_texts_embeddings_can_be_is_not_read_whole(
+    stub, config, make_target, monkeypatch
+):
+    from allting.ai import gateway
+
+    assert len(await embed(make_target(stub, model="stub-embed"), TEXTS[:2], config=config)) == 2
+    # The stub's 384 numbers a text take about 8 kB.
+    monkeypatch.setattr(gateway, "_embeddings_body_limit", lambda texts: texts * 1_000)
+    with pytest.raises(ProviderError) as refused:
+        await embed(make_target(stub, model="stub-embed"), TEXTS[:2], config=config)
+    assert refused.value.code == "bad_response"
+
+
 async def test_embedding_endpoint_the_outbound_guard_refuses_is_never_called(stub, make_target):
     with pytest.raises(ProviderEndpointBlocked) as blocked:
         await embed(make_target(stub, model="stub-embed"), ["x"], config=GatewayConfig(allowed_networks=""))

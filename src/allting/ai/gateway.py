@@ -882,6 +882,13 @@ class _DirectStream:
 
 
 _ERROR_BODY_LIMIT = 64 * 1024
+_READ_SIZE = 64 * 1024
+
+
+def _embeddings_body_limit(texts: int) -> int:
+    """The most an embeddings answer for this many texts can take: 16,000 dimensions (the most a
+    model may declare) written as JSON numbers of up to 25 characters, and room for the rest."""
+    return 64 * 1024 + texts * 16_000 * 25
 
 
 @lru_cache(maxsize=1024)
@@ -986,8 +993,19 @@ async def _embed_directly(
         accept="application/json",
         timeout=aiohttp.ClientTimeout(total=request_timeout),
     )
+    # An endpoint is the tenant's to choose, so its answer is read only up to what the largest
+    # vectors of these texts could take, not into memory whatever its size.
+    limit = _embeddings_body_limit(len(texts))
+    raw = bytearray()
     try:
-        raw = await response.read()
+        async for piece in response.content.iter_chunked(_READ_SIZE):
+            raw += piece
+            if len(raw) > limit:
+                raise ProviderError(
+                    "The AI provider's answer was larger than the embeddings of these texts can be.",
+                    code="bad_response",
+                    model=target.litellm_model,
+                )
     except (TimeoutError, aiohttp.ClientError) as exc:
         raise _connection_error(target, exc) from None
     finally:
