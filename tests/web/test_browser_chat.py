@@ -88,7 +88,8 @@ async def test_model_output_cannot_run_scripts_or_load_external_images(page, liv
     await page.locator(".bubble.answer .model-used").wait_for()
     await page.reload()
     await page.locator(".bubble.answer .markdown", has_text="done").wait_for()
-    await asyncio.sleep(0.3)
+    # Whatever the rendered answer made the page fetch (an image, a frame) has been asked for by now.
+    await page.wait_for_load_state("networkidle")
     assert await page.evaluate("window.__pwned") is None
     answer = page.locator(".bubble.answer .markdown").last
     assert await answer.locator("img, iframe, script").count() == 0
