@@ -51,6 +51,35 @@ def make_target():
     return make
 
 
+class Routing:
+    """The routing a tenant may add to a target on a stub server: an organization, an extra header
+    and extra body fields; `headers` are what every request to the provider must then carry."""
+
+    headers = {
+        "authorization": f"Bearer {PLANTED_KEY}",
+        "x-tenant-route": "sv",
+        "openai-organization": "org-kommun",
+    }
+
+    def target(self, server, model: str, extra_body: dict) -> ModelTarget:
+        return ModelTarget(
+            litellm_model=model,
+            api_base=server.url,
+            api_key=PLANTED_KEY,
+            provider_type="openai_compatible",
+            extra={
+                "organization": "org-kommun",
+                "extra_headers": {"x-tenant-route": "sv"},
+                "extra_body": extra_body,
+            },
+        )
+
+
+@pytest.fixture
+def routing():
+    return Routing()
+
+
 @pytest.fixture
 def target(stub, make_target):
     return make_target(stub)

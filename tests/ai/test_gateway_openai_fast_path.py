@@ -350,26 +350,14 @@ async def test_plain_parameters_pass_through(stub, target, config):
 
 
 @pytest.mark.parametrize("streamed", [True, False])
-async def test_extra_headers_body_and_organization_reach_the_provider(stub, config, planted_key, streamed):
-    target = ModelTarget(
-        litellm_model="stub-chat",
-        api_base=stub.url,
-        api_key=planted_key,
-        provider_type="openai_compatible",
-        extra={
-            "organization": "org-kommun",
-            "extra_headers": {"x-tenant-route": "sv"},
-            "extra_body": {"chat_template_kwargs": {"enable_thinking": False}},
-        },
-    )
+async def test_extra_headers_body_and_organization_reach_the_provider(stub, config, routing, streamed):
+    target = routing.target(stub, "stub-chat", {"chat_template_kwargs": {"enable_thinking": False}})
     if streamed:
         await _collect(stream_chat(target, MESSAGES, config=config))
     else:
         await complete_chat(target, MESSAGES, config=config)
     (request,) = stub.requests
-    assert request.headers["authorization"] == f"Bearer {planted_key}"
-    assert request.headers["x-tenant-route"] == "sv"
-    assert request.headers["openai-organization"] == "org-kommun"
+    assert routing.headers.items() <= request.headers.items()
     assert request.json["chat_template_kwargs"] == {"enable_thinking": False}
 
 
