@@ -35,6 +35,17 @@ async def _to_swedish(page) -> None:
 RATE_LIMITED = {"code": "rate_limited", "message": "Too many requests; slow down"}
 
 
+async def _failed_answer_in_swedish(page, live_url: str, org) -> str:
+    """Ask a question on a Swedish chat page whose answer the stub fails; the error the page shows."""
+    await sign_in(page, live_url, org.owner.email, org.owner.password)
+    await _to_swedish(page)
+    await page.get_by_label("Din fråga").fill("Hej?")
+    await page.keyboard.press("Enter")
+    failure = page.locator(".bubble.answer .error-text").last
+    await failure.wait_for()
+    return await failure.inner_text()
+
+
 @pytest.fixture
 async def axe_page(browser):
     """A page on which axe-core may be injected (the site's CSP forbids inline scripts)."""
@@ -142,17 +153,10 @@ async def test_a_rate_limited_upload_to_a_collection_says_how_long_to_wait(axe_p
 async def test_a_rate_limited_provider_in_a_streamed_answer_says_how_long_it_asked_to_wait(
     axe_page, live_url, chat_org, llm
 ):
-    page = axe_page
     llm.script(error=429, retry_after=120)
-    await sign_in(page, live_url, chat_org.owner.email, chat_org.owner.password)
-    await _to_swedish(page)
-    await page.get_by_label("Din fråga").fill("Hej?")
-    await page.keyboard.press("Enter")
-    failure = page.locator(".bubble.answer .error-text").last
-    await failure.wait_for()
-    text = await failure.inner_text()
+    text = await _failed_answer_in_swedish(axe_page, live_url, chat_org)
     assert "AI-leverantören är upptagen. Försök igen om 2 minuter." in text, text
-    assert await page.get_by_role("button", name="Skicka").is_enabled()
+    assert await axe_page.get_by_role("button", name="Skicka").is_enabled()
 
 
 async def test_a_provider_error_in_a_streamed_answer_is_shown_in_swedish_also_after_a_reload(
@@ -160,13 +164,7 @@ async def test_a_provider_error_in_a_streamed_answer_is_shown_in_swedish_also_af
 ):
     page = axe_page
     llm.script(error="model_not_found")
-    await sign_in(page, live_url, chat_org.owner.email, chat_org.owner.password)
-    await _to_swedish(page)
-    await page.get_by_label("Din fråga").fill("Hej?")
-    await page.keyboard.press("Enter")
-    failure = page.locator(".bubble.answer .error-text").last
-    await failure.wait_for()
-    live_text = await failure.inner_text()
+    live_text = await _failed_answer_in_swedish(page, live_url, chat_org)
     assert "känner inte till den här modellen" in live_text, live_text
     await page.wait_for_url("**/?c=*")
     await page.reload()
