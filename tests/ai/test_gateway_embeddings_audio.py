@@ -26,8 +26,24 @@ async def test_embeddings_are_batched_and_in_input_order(stub, config, make_targ
     vectors = await embed(target, TEXTS, batch_size=2, config=config)
     for vector, text in zip(vectors, TEXTS, strict=True):
         assert vector == pytest.approx(deterministic_embedding(text, 384))
-    batches = [request.json["input"] for request in stub.requests]
+    batches = sorted(request.json["input"] for request in stub.requests)  # sent side by side
     assert batches == [TEXTS[0:2], TEXTS[2:4], TEXTS[4:5]]
+
+
+async def test_a_provider_gets_a_few_batches_at_once_and_the_vectors_stay_in_order(stub, config, make_target):
+    from allting.ai.gateway import EMBED_BATCHES_AT_ONCE
+
+    stub.script(embedding_delay=0.2)
+    texts = [f"Passage {n} of the building permit guide." for n in range(10)]
+    vectors = await embed(make_target(stub, model="stub-embed"), texts, batch_size=1, config=config)
+    assert vectors == [pytest.approx(deterministic_embedding(text, 384)) for text in texts]
+    assert stub.most_embeddings_at_once == EMBED_BATCHES_AT_ONCE
+
+
+async def test_when_one_batch_fails_the_others_stop_and_the_error_is_the_callers(stub, config, make_target):
+    stub.script(error=401)
+    with pytest.raises(ProviderAuthError):
+        await embed(make_target(stub, model="stub-embed"), TEXTS, batch_size=1, config=config)
 
 
 async def test_embedding_dimensions_follow_the_provider(stub, config, make_target):

@@ -1601,6 +1601,10 @@ async def complete_chat(
 # ---------------------------------------------------------------------------------------------
 # Embeddings and transcription
 
+# Batches of one call a provider gets at a time: a long document is embedded in about a quarter of
+# the time, while the provider's rate limit sees only a few requests at once.
+EMBED_BATCHES_AT_ONCE = 4
+
 
 async def embed(
     target: ModelTarget,
@@ -1610,17 +1614,17 @@ async def embed(
     timeout: float = 60.0,  # noqa: ASYNC109 - per provider request, passed to the HTTP client
     config: GatewayConfig | None = None,
 ) -> list[list[float]]:
-    """Embed `texts` in batches of `batch_size`; vectors come back in input order."""
+    """Embed `texts` in batches of `batch_size`; vectors come back in input order. A provider gets
+    up to EMBED_BATCHES_AT_ONCE of the batches at a time."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if target.provider_type == "local":
         return await local_embeddings.embed_texts(list(texts), batch_size=batch_size)
     config = config or GatewayConfig()
-    vectors: list[list[float]] = []
-    for start in range(0, len(texts), batch_size):
-        batch = list(texts[start : start + batch_size])
+    in_flight = asyncio.Semaphore(EMBED_BATCHES_AT_ONCE)
 
-        async def once(batch: list[str] = batch) -> list[list[float]]:
+    async def embedded(batch: list[str]) -> list[list[float]]:
+        async def once() -> list[list[float]]:
             if _sent_directly(target):
                 return await _embed_directly(target, config, batch, timeout)
             kwargs = await _call_kwargs(target, config, timeout)
@@ -1628,8 +1632,23 @@ async def embed(
             ordered = sorted(response.data, key=lambda item: item["index"])
             return [list(item["embedding"]) for item in ordered]
 
-        vectors.extend(await _with_retries(target, config.retry, once))
-    return vectors
+        async with in_flight:
+            return await _with_retries(target, config.retry, once)
+
+    batches = [list(texts[start : start + batch_size]) for start in range(0, len(texts), batch_size)]
+    if len(batches) <= 1:
+        return await embedded(batches[0]) if batches else []
+    tasks = [asyncio.ensure_future(embedded(batch)) for batch in batches]
+    try:
+        results = await asyncio.gather(*tasks)
+    except BaseException:
+        # One batch failed (or the caller gave up): the others stop, and their outcomes are
+        # collected so none is left unretrieved.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return [vector for result in results for vector in result]
 
 
 async def transcribe(

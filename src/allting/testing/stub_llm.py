@@ -62,6 +62,7 @@ class Script:
     transcript: str = "This is the stub transcript."
     embedding_dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS
     embeddings_missing: int = 0  # vectors left out of an embeddings answer, as a broken server might
+    embedding_delay: float = 0.0  # seconds each embeddings request takes, as a remote model's would
 
     def stream_chunks(self) -> list[str]:
         if self.chunks is not None:
@@ -116,6 +117,8 @@ class StubState:
         self.active_streams = 0
         self.cancelled_streams = 0
         self.completed_streams = 0
+        self.active_embeddings = 0
+        self.most_embeddings_at_once = 0
         self._ids = 0
 
     @property
@@ -131,6 +134,7 @@ class StubState:
             self._script = Script()
             self.requests.clear()
             self.active_streams = self.cancelled_streams = self.completed_streams = 0
+            self.active_embeddings = self.most_embeddings_at_once = 0
 
     def next_id(self) -> int:
         with self._lock:
@@ -245,6 +249,13 @@ def create_app(state: StubState) -> Starlette:
         error = state.take_error()
         if error is not None:
             return _error_response(error, script, request, model)
+        if script.embedding_delay:
+            state.active_embeddings += 1
+            state.most_embeddings_at_once = max(state.most_embeddings_at_once, state.active_embeddings)
+            try:
+                await asyncio.sleep(script.embedding_delay)
+            finally:
+                state.active_embeddings -= 1
         texts = body.get("input", [])
         texts = [texts] if isinstance(texts, str) else texts
         dimensions = int(body.get("dimensions") or script.embedding_dimensions)
@@ -404,6 +415,11 @@ class StubLLM(BackgroundServer):
     @property
     def completed_streams(self) -> int:
         return self.state.completed_streams
+
+    @property
+    def most_embeddings_at_once(self) -> int:
+        """How many embeddings requests were in progress together at most (with `embedding_delay`)."""
+        return self.state.most_embeddings_at_once
 
     def script(self, **fields: Any) -> Script:
         """Replace the script; fields not given take their defaults. See `Script` and NAMED_ERRORS."""
