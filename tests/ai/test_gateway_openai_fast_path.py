@@ -436,7 +436,8 @@ async def test_endpoint_check_is_cached_but_new_connections_are_still_checked(st
 
 @pytest.fixture
 def azure_stub(monkeypatch):
-    """The stub behind Azure's URL shape: /openai/deployments/{deployment}/chat/completions."""
+    """The stub behind Azure's URL shape: /openai/deployments/{deployment}/chat/completions (or
+    /embeddings)."""
     seen = []
     real_create_app = stub_llm.create_app
 
@@ -445,7 +446,9 @@ def azure_stub(monkeypatch):
 
         async def azure_app(scope, receive, send):
             if scope["type"] == "http":
-                match = re.fullmatch(r"/openai/deployments/([^/]+)(/chat/completions)", scope["path"])
+                match = re.fullmatch(
+                    r"/openai/deployments/([^/]+)(/chat/completions|/embeddings)", scope["path"]
+                )
                 headers = {k.decode(): v.decode() for k, v in scope["headers"]}
                 seen.append((scope["path"], scope["query_string"].decode(), headers))
                 if match:
@@ -482,6 +485,29 @@ async def test_azure_chat_goes_to_the_deployment_with_api_version(
         assert headers["api-key"] == planted_key
         assert "authorization" not in headers
     assert azure_stub.requests[0].json["model"] == "gpt4o-prod"
+
+
+async def test_azure_embeddings_go_to_the_deployment_without_litellm(
+    azure_stub, config, planted_key, monkeypatch
+):
+    async def refuse(*args, **kwargs):
+        raise AssertionError("Azure embeddings must not go through LiteLLM")
+
+    monkeypatch.setattr(litellm, "aembedding", refuse)
+    target = ModelTarget(
+        litellm_model="embed-prod",
+        api_base=f"http://127.0.0.1:{azure_stub.port}/",
+        api_key=planted_key,
+        api_version="2024-10-21",
+        provider_type="azure",
+    )
+    texts = ["Bygglov för altan", "Parkeringstillstånd"]
+    vectors = await gateway.embed(target, texts, config=config)
+    assert vectors == [pytest.approx(stub_llm.deterministic_embedding(text, 384)) for text in texts]
+    ((path, query, headers),) = azure_stub.seen
+    assert path == "/openai/deployments/embed-prod/embeddings" and query == "api-version=2024-10-21"
+    assert headers["api-key"] == planted_key
+    assert azure_stub.requests[0].json == {"model": "embed-prod", "input": texts, "encoding_format": "float"}
 
 
 async def test_azure_errors_are_typed(azure_stub, config, planted_key):

@@ -603,7 +603,7 @@ def _sent_directly(target: ModelTarget) -> bool:
 
 
 def _uses_openai_sdk(target: ModelTarget) -> bool:
-    """Whether chat for this target goes straight through the OpenAI SDK instead of LiteLLM."""
+    """Whether chat and embeddings for this target go through the OpenAI SDK instead of LiteLLM."""
     if target.provider_type in ("openai", "openai_compatible"):
         return True
     if target.provider_type == "azure":
@@ -979,17 +979,11 @@ async def _embed_directly(
 
     LiteLLM's embedding call cost about 6 ms of the event loop's CPU per request, as much as the
     built-in model spends embedding a question (bench/bench_chat.py); this is the same request."""
-    body = {
-        **(target.extra.get("extra_body") or {}),
-        "model": _sdk_model_name(target),
-        "input": texts,
-        "encoding_format": "float",
-    }
     response = await _post_directly(
         target,
         config,
         "/embeddings",
-        body,
+        _embeddings_body(target, texts),
         accept="application/json",
         timeout=aiohttp.ClientTimeout(total=request_timeout),
     )
@@ -1010,16 +1004,42 @@ async def _embed_directly(
         raise _connection_error(target, exc) from None
     finally:
         response.release()
-    return _embedding_vectors(target, raw, len(texts))
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        answer = None
+    return _embedding_vectors(target, answer, len(texts))
 
 
-def _embedding_vectors(target: ModelTarget, raw: bytes, expected: int) -> list[list[float]]:
+async def _embed_with_sdk(
+    target: ModelTarget, config: GatewayConfig, texts: list[str], request_timeout: float
+) -> list[list[float]]:
+    """One batch embedded through the OpenAI SDK: Azure's deployment URLs and OpenAI's own API."""
+    client = await _sdk_client(target, config)
+    answer = await client.post(
+        "/embeddings",
+        cast_to=object,
+        body=_embeddings_body(target, texts),
+        options=_sdk_options(target, request_timeout),
+    )
+    return _embedding_vectors(target, answer, len(texts))
+
+
+def _embeddings_body(target: ModelTarget, texts: list[str]) -> dict[str, Any]:
+    return {
+        **(target.extra.get("extra_body") or {}),
+        "model": _sdk_model_name(target),
+        "input": texts,
+        "encoding_format": "float",
+    }
+
+
+def _embedding_vectors(target: ModelTarget, answer: object, expected: int) -> list[list[float]]:
     """The vectors of an OpenAI-protocol embeddings answer, ordered by their index."""
     try:
-        data = orjson.loads(raw).get("data")
-        ordered = sorted(data, key=lambda item: item["index"])
+        ordered = sorted(answer.get("data"), key=lambda item: item["index"])  # type: ignore[union-attr]
         vectors = [item["embedding"] for item in ordered]
-    except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
+    except (AttributeError, TypeError, KeyError):
         vectors = None
     if (
         vectors is None
@@ -1077,19 +1097,25 @@ async def _sdk_request(
     The body goes to the SDK client's `post` as is: `chat.completions.create` would walk the whole
     conversation against its TypedDicts first (milliseconds for long histories) only to produce
     the same JSON, since Allting already speaks the wire format."""
+    client = await _sdk_client(target, config)
+    return _SdkRequest(client, _chat_body(target, messages, params), _sdk_options(target, request_timeout))
+
+
+async def _sdk_client(target: ModelTarget, config: GatewayConfig) -> AsyncOpenAI:
     if target.api_base:
         allowed = _allowed_networks(config)
         await _check_endpoint(target, allowed, pinned=True)
-        client = _pinned_openai_client(target, allowed)
-    elif target.provider_type == "openai":
-        client = _default_openai_client(target)
-    else:
-        raise ProviderError("An OpenAI-compatible model needs an endpoint URL.", code="endpoint_missing")
-    body = _chat_body(target, messages, params)
+        return _pinned_openai_client(target, allowed)
+    if target.provider_type == "openai":
+        return _default_openai_client(target)
+    raise ProviderError("An OpenAI-compatible model needs an endpoint URL.", code="endpoint_missing")
+
+
+def _sdk_options(target: ModelTarget, request_timeout: float) -> dict[str, Any]:
     options: dict[str, Any] = {"timeout": request_timeout}
     if target.extra.get("extra_headers"):
         options["headers"] = dict(target.extra["extra_headers"])
-    return _SdkRequest(client, body, options)
+    return options
 
 
 async def _call_kwargs(target: ModelTarget, config: GatewayConfig, request_timeout: float) -> dict[str, Any]:
@@ -1627,6 +1653,8 @@ async def embed(
         async def once() -> list[list[float]]:
             if _sent_directly(target):
                 return await _embed_directly(target, config, batch, timeout)
+            if _uses_openai_sdk(target):
+                return await _embed_with_sdk(target, config, batch, timeout)
             kwargs = await _call_kwargs(target, config, timeout)
             response = await litellm.aembedding(input=batch, encoding_format="float", **kwargs)
             ordered = sorted(response.data, key=lambda item: item["index"])
