@@ -464,17 +464,21 @@ def azure_stub(monkeypatch):
         yield server
 
 
+def _azure_target(server, deployment: str, key: str) -> ModelTarget:
+    return ModelTarget(
+        litellm_model=deployment,
+        api_base=f"http://127.0.0.1:{server.port}/",
+        api_key=key,
+        api_version="2024-10-21",
+        provider_type="azure",
+    )
+
+
 async def test_azure_chat_goes_to_the_deployment_with_api_version(
     azure_stub, config, planted_key, no_litellm_chat
 ):
     azure_stub.script(answer="Hej från Azure.")
-    target = ModelTarget(
-        litellm_model="gpt4o-prod",
-        api_base=f"http://127.0.0.1:{azure_stub.port}/",
-        api_key=planted_key,
-        api_version="2024-10-21",
-        provider_type="azure",
-    )
+    target = _azure_target(azure_stub, "gpt4o-prod", planted_key)
     deltas, done = await _collect(stream_chat(target, MESSAGES, config=config))
     assert "".join(deltas) == "Hej från Azure." and done.served_by is target
     result = await complete_chat(target, MESSAGES, config=config)
@@ -494,13 +498,7 @@ async def test_azure_embeddings_go_to_the_deployment_without_litellm(
         raise AssertionError("Azure embeddings must not go through LiteLLM")
 
     monkeypatch.setattr(litellm, "aembedding", refuse)
-    target = ModelTarget(
-        litellm_model="embed-prod",
-        api_base=f"http://127.0.0.1:{azure_stub.port}/",
-        api_key=planted_key,
-        api_version="2024-10-21",
-        provider_type="azure",
-    )
+    target = _azure_target(azure_stub, "embed-prod", planted_key)
     texts = ["Bygglov för altan", "Parkeringstillstånd"]
     vectors = await gateway.embed(target, texts, config=config)
     assert vectors == [pytest.approx(stub_llm.deterministic_embedding(text, 384)) for text in texts]
@@ -512,13 +510,7 @@ async def test_azure_embeddings_go_to_the_deployment_without_litellm(
 
 async def test_azure_errors_are_typed(azure_stub, config, planted_key):
     azure_stub.script(error=401, echo_key_in_error=True)
-    target = ModelTarget(
-        litellm_model="gpt4o-prod",
-        api_base=f"http://127.0.0.1:{azure_stub.port}",
-        api_key=planted_key,
-        api_version="2024-10-21",
-        provider_type="azure",
-    )
+    target = _azure_target(azure_stub, "gpt4o-prod", planted_key)
     with pytest.raises(ProviderAuthError) as refused:
         await complete_chat(target, MESSAGES, config=config)
     assert planted_key not in str(refused.value)
