@@ -13,7 +13,8 @@ Layout (depth from "/"):
   /docs/guide/deep/                                         4
   /docs/guide/deeper                                        5
 /slow answers after 3 s and /go/flaky redirects to /flaky (both linked from nowhere).
-/sitemap-only is listed in the sitemaps and linked from nowhere. robots.txt names
+/sitemap-only is listed in the sitemaps and linked from nowhere. robots.txt (503 the first
+`robots_failures` times) names
 /sitemap_index.xml, which lists /sitemap-pages.xml, /sitemap-blog.xml.gz (gzip) and
 /sitemap-evil.xml (an entity-expansion bomb that must be refused). /sitemap.xml is a plain urlset.
 
@@ -74,19 +75,23 @@ class SiteState:
     robots_sitemap: bool = True
     news_version: int = 1
     flaky_failures: int = 0  # how many times /flaky answers 503 before it works
+    robots_failures: int = 0  # how many times robots.txt answers 503 before it works
     requests: list[RecordedRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _flaky_seen: int = 0
+    _robots_seen: int = 0
 
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
             self._flaky_seen = 0
+            self._robots_seen = 0
         self.crawl_delay = None
         self.robots_status = 200
         self.robots_sitemap = True
         self.news_version = 1
         self.flaky_failures = 0
+        self.robots_failures = 0
 
 
 def _page(title: str, body: str, *, head: str = "") -> str:
@@ -191,6 +196,11 @@ def create_app(state: SiteState) -> Starlette:
         base = str(request.base_url).rstrip("/")
 
         if path == "/robots.txt":
+            with state.lock:
+                state._robots_seen += 1
+                failing = state._robots_seen <= state.robots_failures
+            if failing:
+                return PlainTextResponse("robots.txt briefly unavailable", 503)
             if state.robots_status != 200:
                 return PlainTextResponse("robots.txt unavailable", state.robots_status)
             lines = ["User-agent: *", "Disallow: /private/"]

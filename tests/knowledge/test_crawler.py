@@ -272,13 +272,22 @@ async def test_robots_unavailable_means_nothing_is_fetched(site):
     result = await run(settings_for(site))
     skip = result.of(PageSkipped)[0]
     assert skip.reason == "robots" and "HTTP 503" in skip.detail
-    assert site.paths() == ["/robots.txt"]
+    assert site.paths() == ["/robots.txt", "/robots.txt"]  # tried again once, as a page would be
     assert result.stats.stopped_reason == "start_failed"
 
     site.reset()
     site.state.robots_status = 404
     result = await run(settings_for(site, max_depth=1))
     assert f"{site.url}/private/secret" in result.fetched()
+
+
+async def test_robots_briefly_unavailable_is_asked_again_and_the_crawl_goes_on(site):
+    site.state.robots_failures = 1
+    result = await run(settings_for(site, max_depth=1))
+    assert site.paths()[:2] == ["/robots.txt", "/robots.txt"]
+    assert f"{site.url}/about" in result.fetched()
+    assert f"{site.url}/private/secret" not in result.fetched()  # its rules, read the second time
+    assert result.stats.stopped_reason == "completed"
 
 
 async def test_robots_can_be_ignored_when_configured(site):

@@ -34,7 +34,7 @@ caller (ingestion) decides what to store. Decisions worth knowing:
   completed without limits, without transient failures and (sitemap mode) with every sitemap
   read; otherwise it is empty so that a time-out or a flaky section never deletes half a site.
 - robots.txt: fetched through the guard with urllib.robotparser; 4xx means no rules, 5xx or
-  unreachable means everything is disallowed (RFC 9309). Crawl-delay and Request-rate are
+  unreachable (after `retries` more tries, like a page) means everything is disallowed (RFC 9309). Crawl-delay and Request-rate are
   honoured up to `max_crawl_delay` seconds between requests to that origin. `<meta name=robots>`
   and `X-Robots-Tag` noindex/nofollow are honoured too.
 - HTTP basic auth is sent only to the start URL's origin (scheme, host, port), hop by hop.
@@ -850,12 +850,28 @@ class _Crawler:
     async def _load_robots(self, origin: str) -> _Robots:
         parser = RobotFileParser(f"{origin}/robots.txt")
         note = ""
-        try:
-            async with asyncio.timeout(self.s.per_page_timeout):
-                reply = await self.exchange(f"{origin}/robots.txt", max_bytes=ROBOTS_MAX_BYTES, truncate=True)
-        except (_Fail, TimeoutError) as exc:
-            reason = exc.reason if isinstance(exc, _Fail) else "timed out"
-            if isinstance(exc, _Fail) and not exc.transient:
+        attempt = 0
+        while True:
+            reply, failure = None, None
+            try:
+                async with asyncio.timeout(self.s.per_page_timeout):
+                    reply = await self.exchange(
+                        f"{origin}/robots.txt", max_bytes=ROBOTS_MAX_BYTES, truncate=True
+                    )
+            except (_Fail, TimeoutError) as exc:
+                failure = exc
+            # Retried like a page: until robots.txt is read, nothing on the origin may be fetched,
+            # so one dropped connection or busy moment would otherwise cost the whole crawl.
+            unavailable = (reply is not None and (reply.status >= 500 or reply.status == 429)) or (
+                failure is not None and (isinstance(failure, TimeoutError) or failure.transient)
+            )
+            if not unavailable or attempt >= self.s.retries:
+                break
+            await asyncio.sleep(RETRY_BACKOFF_SECONDS * 2**attempt)
+            attempt += 1
+        if failure is not None:
+            reason = failure.reason if isinstance(failure, _Fail) else "timed out"
+            if isinstance(failure, _Fail) and not failure.transient:
                 # Refused by the guard, or redirects that cannot be followed: treated as no
                 # robots.txt (RFC 9309 reads unfollowable redirects like a 404). Pages on a
                 # refused origin fail on their own with the guard's reason.
