@@ -14,9 +14,9 @@ Layout (depth from "/"):
   /docs/guide/deeper                                        5
 /slow answers after 3 s and /go/flaky redirects to /flaky (both linked from nowhere).
 /sitemap-only is listed in the sitemaps and linked from nowhere. robots.txt (503 the first
-`robots_failures` times) names
-/sitemap_index.xml, which lists /sitemap-pages.xml, /sitemap-blog.xml.gz (gzip) and
-/sitemap-evil.xml (an entity-expansion bomb that must be refused). /sitemap.xml is a plain urlset.
+`robots_failures` times) names /sitemap_index.xml, which lists /sitemap-pages.xml,
+/sitemap-blog.xml.gz (gzip) and /sitemap-evil.xml (an entity-expansion bomb that must be refused).
+/sitemap.xml is a plain urlset.
 
 `SiteServer.requests` logs every request (path with query, headers) so tests can prove what was
 never fetched. `generated_pages=N` adds /gen/0 … /gen/N-1 (a binary tree of links) for the
