@@ -867,10 +867,7 @@ class _DirectStream:
         try:
             return await self._chunks.__anext__()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise ProviderUnavailable(
-                detail=scrub(str(exc) or "The provider's connection broke", [self._target.api_key]),
-                model=self._target.litellm_model,
-            ) from None
+            raise _connection_error(self._target, exc, "The provider's connection broke") from None
 
     async def aclose(self) -> None:
         # An unfinished body closes the connection (the provider sees the disconnect and stops);
@@ -944,8 +941,11 @@ async def _post_directly(
     return response
 
 
-def _connection_error(target: ModelTarget, exc: BaseException) -> ProviderUnavailable:
-    detail = str(exc) or "Could not connect to the provider"
+def _connection_error(
+    target: ModelTarget, exc: BaseException, unexplained: str = "Could not connect to the provider"
+) -> ProviderUnavailable:
+    """A broken or refused connection, with the exception's text (scrubbed) or `unexplained`."""
+    detail = str(exc) or unexplained
     return ProviderUnavailable(detail=scrub(detail, [target.api_key]), model=target.litellm_model)
 
 
