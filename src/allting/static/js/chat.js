@@ -273,10 +273,10 @@
           var seconds = typeof data.retry_after === "number" ? Math.max(1, Math.ceil(data.retry_after)) : null;
           var wait = window.AlltingWaitText(seconds);
           // The busy provider's own sentence ends "try again in a moment", which the wait says better.
-          var text = wait && data.code === "provider_rate_limited"
+          var reason = wait && data.code === "provider_rate_limited"
             ? document.body.getAttribute("data-t-provider-busy")
             : window.AlltingErrorText({ code: data.code, message: data.error }, "");
-          end(t("failed") + " " + text + (wait ? " " + wait : ""), true);
+          end(t("failed") + " " + reason + (wait ? " " + wait : ""), true);
         }
       }
       function pump() {
