@@ -256,8 +256,9 @@
             conversationId = data.conversation_id;
             chat.setAttribute("data-conversation-id", conversationId);
             window.history.replaceState(null, "", "/?c=" + conversationId);
-            addToList(conversationId, data.title || text.slice(0, 80));
-            showConversation(conversationId, data.title || text.slice(0, 80));
+            var title = data.title || text.slice(0, 80);
+            addToList(conversationId, title);
+            showConversation(conversationId, title);
           }
         } else if (name === "text") {
           answer += data.answer || "";
